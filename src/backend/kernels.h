@@ -1,0 +1,29 @@
+#pragma once
+// Per-device kernel tables. backend/ops/<op>.cpp checks arguments and calls
+// kernels(device).<op>; backend/cpu/ fills the CPU table, backend/cuda/ the
+// CUDA one. An entry left null means "not implemented on that device" and
+// the dispatcher raises a clear error.
+#include <cstdint>
+
+#include "core/device.h"
+#include "core/tensor.h"
+
+namespace kite {
+
+struct Kernels {
+  void (*embedding)(const Tensor& table, const Tensor& ids, Tensor& out) = nullptr;
+  void (*rms_norm)(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = nullptr;
+  void (*linear)(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = nullptr;
+  void (*rope)(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) = nullptr;
+  void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale,
+                    Tensor& out) = nullptr;
+  void (*silu_mul)(const Tensor& gate, const Tensor& up, Tensor& out) = nullptr;
+  void (*add)(const Tensor& a, const Tensor& b, Tensor& out) = nullptr;
+};
+
+// The table for a device kind (throws kite::Error when the kind is absent).
+Kernels& kernels(DeviceKind kind);
+// Used by backends to fill their tables.
+Kernels& mutable_kernels(DeviceKind kind);
+
+}  // namespace kite

@@ -1,0 +1,13 @@
+#pragma once
+#include "core/tensor.h"
+
+namespace kite::ops {
+// Rotary position embedding in place, "rotate half" layout (HF Llama): for
+// j < r = len(inv_freq), with angle a = positions[i] * inv_freq[j],
+//   x1 = x[i, h, j], x2 = x[i, h, j + r]
+//   x[i, h, j]     = (x1 * cos a - x2 * sin a) * attention_factor
+//   x[i, h, j + r] = (x2 * cos a + x1 * sin a) * attention_factor
+// Dims past 2r (partial rotary) are left alone.
+// x: [n, n_heads, head_dim] F32; positions: [n] I32; inv_freq: [r] F32 with 2r <= head_dim.
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor);
+}  // namespace kite::ops
