@@ -8,9 +8,7 @@
 
 namespace kite {
 
-std::string Device::str() const {
-  return kind == DeviceKind::CPU ? std::string("cpu") : fmt::format("cuda:{}", index);
-}
+std::string Device::str() const { return kind == DeviceKind::CPU ? std::string("cpu") : fmt::format("cuda:{}", index); }
 
 namespace {
 

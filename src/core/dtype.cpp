@@ -40,9 +40,7 @@ std::optional<DType> dtype_from_name(std::string_view n) {
   return std::nullopt;
 }
 
-bool dtype_is_float(DType t) {
-  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F8_E4M3;
-}
+bool dtype_is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F8_E4M3; }
 
 float f16_to_f32(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000) << 16;
@@ -75,7 +73,7 @@ uint16_t f32_to_f16(float f) {
   std::memcpy(&u, &f, 4);
   uint32_t sign = (u >> 16) & 0x8000;
   uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00);  // NaN
+  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00);   // NaN
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00);  // overflow -> inf
   if (abs < 0x38800000u) {                                 // subnormal or zero in f16
     // value = abs_float; f16 subnormal unit is 2^-24

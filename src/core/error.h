@@ -2,10 +2,10 @@
 // Errors raised on bad user input (files, flags, requests). Every message
 // names the file (or other source), the field and what was expected, so a
 // user can fix it from one line. Internal invariant breaks use KITE_CHECK.
+#include <fmt/format.h>
+
 #include <stdexcept>
 #include <string>
-
-#include <fmt/format.h>
 
 namespace kite {
 
@@ -26,8 +26,7 @@ class Error : public std::runtime_error {
 
 // Throws kite::Error(source, field, formatted message).
 template <typename... Args>
-[[noreturn]] void fail(std::string source, std::string field, fmt::format_string<Args...> f,
-                       Args&&... args) {
+[[noreturn]] void fail(std::string source, std::string field, fmt::format_string<Args...> f, Args&&... args) {
   throw Error(std::move(source), std::move(field), fmt::format(f, std::forward<Args>(args)...));
 }
 
@@ -36,7 +35,7 @@ template <typename... Args>
 }  // namespace kite
 
 // Internal invariant (a bug if it fires, not a user error).
-#define KITE_CHECK(cond, ...)                                                         \
-  do {                                                                                \
+#define KITE_CHECK(cond, ...)                                                               \
+  do {                                                                                      \
     if (!(cond)) ::kite::check_failed(__FILE__, __LINE__, #cond, fmt::format(__VA_ARGS__)); \
   } while (0)

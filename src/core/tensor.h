@@ -57,15 +57,15 @@ class Tensor {
   }
 
   // Views.
-  Tensor reshape(const Shape& shape) const;               // contiguous only; one dim may be -1
+  Tensor reshape(const Shape& shape) const;                 // contiguous only; one dim may be -1
   Tensor slice(int dim, int64_t begin, int64_t end) const;  // [begin, end) along dim
-  Tensor select(int64_t index) const;                      // drops dim 0
+  Tensor select(int64_t index) const;                       // drops dim 0
 
   // Copies.
   Tensor to(Device device) const;      // contiguous copy on `device`
   Tensor to_dtype(DType dtype) const;  // CPU only; float conversions
   Tensor contiguous() const;
-  void copy_from(const Tensor& src);   // same shape and dtype, any devices
+  void copy_from(const Tensor& src);     // same shape and dtype, any devices
   std::vector<float> to_floats() const;  // any float dtype, any device
 
   std::string shape_str() const;  // "[2, 3]"

@@ -1,34 +1,68 @@
 #include "backend/cpu/cpu_backend.h"
 
+#include <fmt/format.h>
+
 #include <cstdlib>
 #include <cstring>
 
+#include "backend/cpu/cpu_ops.h"
+#include "core/error.h"
 #include "core/parallel.h"
-#include <fmt/format.h>
 
 namespace kite::cpu {
 
 namespace {
-SimdLevel detect() {
+
+SimdLevel detect_hardware() {
   SimdLevel best = SimdLevel::Scalar;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = SimdLevel::Avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    best = SimdLevel::Avx2;
   if (best == SimdLevel::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     best = SimdLevel::Avx512;
-  if (const char* cap = std::getenv("KITE_SIMD")) {
-    SimdLevel want = std::strcmp(cap, "scalar") == 0 ? SimdLevel::Scalar
-                     : std::strcmp(cap, "avx2") == 0 ? SimdLevel::Avx2
-                                                     : SimdLevel::Avx512;
+  return best;
+}
+
+SimdLevel detect_capped() {
+  SimdLevel best = detected_simd_level();
+  const char* cap = std::getenv("KITE_SIMD");
+  if (cap && *cap) {
+    SimdLevel want;
+    if (std::strcmp(cap, "scalar") == 0)
+      want = SimdLevel::Scalar;
+    else if (std::strcmp(cap, "avx2") == 0)
+      want = SimdLevel::Avx2;
+    else if (std::strcmp(cap, "avx512") == 0)
+      want = SimdLevel::Avx512;
+    else
+      fail("KITE_SIMD", cap, "expected scalar, avx2 or avx512, got '{}'", cap);
     if (int(want) < int(best)) best = want;
   }
   return best;
 }
+
 }  // namespace
 
-SimdLevel simd_level() {
-  static const SimdLevel level = detect();
+SimdLevel detected_simd_level() {
+  static const SimdLevel level = detect_hardware();
   return level;
+}
+
+SimdLevel simd_level() {
+  static const SimdLevel level = detect_capped();
+  return level;
+}
+
+std::vector<SimdLevel> available_simd_levels() {
+  std::vector<SimdLevel> out;
+  for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512})
+    if (int(l) <= int(detected_simd_level())) out.push_back(l);
+  return out;
+}
+
+SimdLevel clamp_simd_level(SimdLevel want) {
+  return int(want) <= int(detected_simd_level()) ? want : detected_simd_level();
 }
 
 const char* simd_name(SimdLevel level) {
@@ -42,6 +76,20 @@ const char* simd_name(SimdLevel level) {
 
 std::string description() { return fmt::format("cpu ({}, {} threads)", simd_name(simd_level()), num_threads()); }
 
-void register_kernels(Kernels& table) { (void)table; }
+void register_kernels(Kernels& table) {
+  table.embedding = [](const Tensor& t, const Tensor& ids, Tensor& out) { embedding(t, ids, out); };
+  table.rms_norm = [](const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+    rms_norm(x, w, eps, out, simd_level());
+  };
+  table.linear = [](const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y) { linear(x, w, b, y, simd_level()); };
+  table.rope = [](Tensor& x, const Tensor& pos, const Tensor& inv_freq, float factor) {
+    rope(x, pos, inv_freq, factor);
+  };
+  table.attention = [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale, Tensor& out) {
+    attention(q, k, v, q_start, scale, out, simd_level());
+  };
+  table.silu_mul = [](const Tensor& g, const Tensor& u, Tensor& out) { silu_mul(g, u, out, simd_level()); };
+  table.add = [](const Tensor& a, const Tensor& b, Tensor& out) { add(a, b, out, simd_level()); };
+}
 
 }  // namespace kite::cpu

@@ -1,6 +1,7 @@
 #pragma once
 // CPU backend: kernel table registration and feature detection.
 #include <string>
+#include <vector>
 
 #include "backend/kernels.h"
 
@@ -10,6 +11,12 @@ enum class SimdLevel { Scalar, Avx2, Avx512 };
 // Best SIMD level of this CPU (runtime detection); KITE_SIMD=scalar|avx2|avx512
 // in the environment caps it (tests use this to check every path).
 SimdLevel simd_level();
+// What the CPU supports, ignoring KITE_SIMD.
+SimdLevel detected_simd_level();
+// Every level this CPU can run, lowest first (tests loop over it).
+std::vector<SimdLevel> available_simd_levels();
+// The level a kernel asked for `want` actually runs: `want` capped to the CPU.
+SimdLevel clamp_simd_level(SimdLevel want);
 const char* simd_name(SimdLevel level);
 
 void register_kernels(Kernels& table);

@@ -1,0 +1,23 @@
+#pragma once
+// CPU kernels behind the kernel table. Arguments were validated by the
+// dispatchers in backend/ops/ (dtypes, shapes, contiguity, one device).
+// Each SIMD-using kernel takes the level to run at, capped to what the CPU
+// supports, so tests can check every path in one process.
+#include <cstdint>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/tensor.h"
+
+namespace kite::cpu {
+
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, SimdLevel level);
+void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, SimdLevel level);
+// cos/sin dominate rope and are evaluated in double: one path for every level.
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor);
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale, Tensor& out,
+               SimdLevel level);
+void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out, SimdLevel level);
+void add(const Tensor& a, const Tensor& b, Tensor& out, SimdLevel level);
+
+}  // namespace kite::cpu

@@ -1,0 +1,58 @@
+#include "backend/ops/check.h"
+
+#include <fmt/format.h>
+
+namespace kite::ops::detail {
+
+namespace {
+std::string dtype_list(std::initializer_list<DType> dtypes) {
+  std::string s;
+  size_t i = 0;
+  for (DType d : dtypes) {
+    if (i > 0) s += i + 1 == dtypes.size() ? " or " : ", ";
+    s += dtype_name(d);
+    ++i;
+  }
+  return s;
+}
+}  // namespace
+
+void OpCheck::fail_arg(const std::string& arg, const std::string& message) const { throw Error(source_, arg, message); }
+
+void OpCheck::tensor(const char* arg, const Tensor& t, int ndim, const char* layout,
+                     std::initializer_list<DType> dtypes) const {
+  if (!t.defined()) fail_arg(arg, fmt::format("expected a {}-D tensor {}, got an undefined tensor", ndim, layout));
+  if (t.ndim() != ndim)
+    fail_arg(arg, fmt::format("expected a {}-D tensor {}, got shape {}", ndim, layout, t.shape_str()));
+  bool ok = false;
+  for (DType d : dtypes) ok = ok || d == t.dtype();
+  if (!ok) fail_arg(arg, fmt::format("expected dtype {}, got {}", dtype_list(dtypes), dtype_name(t.dtype())));
+  if (!t.is_contiguous())
+    fail_arg(arg, fmt::format("expected a contiguous tensor, got shape {} with strides {}", t.shape_str(),
+                              shape_to_string(t.strides())));
+}
+
+void OpCheck::dim(const char* arg, const Tensor& t, int i, int64_t want, const std::string& what) const {
+  if (t.dim(i) != want)
+    fail_arg(arg, fmt::format("expected dim {} = {} ({}), got shape {}", i, want, what, t.shape_str()));
+}
+
+void OpCheck::same_device(const char* arg, const Tensor& t, const char* ref_arg, const Tensor& ref) const {
+  if (t.device() != ref.device())
+    fail_arg(arg, fmt::format("expected a tensor on {} (the device of {}), got {}", ref.device().str(), ref_arg,
+                              t.device().str()));
+}
+
+void OpCheck::no_overlap(const char* arg, const Tensor& t, const char* other, const Tensor& o, bool allow_same) const {
+  if (t.device() != o.device() || t.nbytes() == 0 || o.nbytes() == 0) return;
+  const char* a = static_cast<const char*>(t.data());
+  const char* b = static_cast<const char*>(o.data());
+  if (allow_same && a == b && t.nbytes() == o.nbytes()) return;
+  if (a < b + o.nbytes() && b < a + t.nbytes())
+    fail_arg(arg, fmt::format("expected memory disjoint from {}{}, got an overlapping tensor", other,
+                              allow_same ? " (or exactly the same tensor)" : ""));
+}
+
+std::string OpCheck::device_kind_name(Device device) { return device.is_cpu() ? "cpu" : "cuda"; }
+
+}  // namespace kite::ops::detail

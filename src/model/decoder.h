@@ -1,0 +1,70 @@
+#pragma once
+// The decoder-only transformer shared by the Llama family (Llama 2/3,
+// Mistral, Qwen2, Qwen3): pre-norm blocks of grouped-query self-attention
+// with RoPE and a SwiGLU MLP. Architecture files (model/arch_*.cpp) say which
+// optional parts a family has and where its weights are found.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "model/rope.h"
+
+namespace kite {
+
+struct AttentionWeights {
+  Tensor wq, wk, wv, wo;  // [n_heads*hd, d], [n_kv*hd, d], [n_kv*hd, d], [d, n_heads*hd]
+  Tensor bq, bk, bv;      // optional biases (Qwen2)
+  Tensor q_norm, k_norm;  // optional per-head RMSNorm weights [hd] (Qwen3)
+};
+
+struct MlpWeights {
+  Tensor gate, up;  // [ffn, d]
+  Tensor down;      // [d, ffn]
+};
+
+struct LayerWeights {
+  Tensor attn_norm;  // [d]
+  AttentionWeights attn;
+  Tensor mlp_norm;  // [d]
+  MlpWeights mlp;
+};
+
+struct DecoderWeights {
+  Tensor embed;  // [vocab, d]
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // [d]
+  Tensor lm_head;     // [vocab, d] (a view of embed when tied)
+};
+
+// Which optional parts an architecture has.
+struct ArchTraits {
+  bool qkv_bias = false;
+  bool qk_norm = false;
+};
+
+// Looks up a weight by its Hugging Face name, checking its shape; throws
+// kite::Error naming the file and tensor when it is missing or mis-shaped.
+using WeightLookup = std::function<Tensor(const std::string& name, const Shape& expected)>;
+using WeightExists = std::function<bool(const std::string& name)>;
+
+DecoderWeights load_decoder_weights(const ModelConfig& config, const ArchTraits& traits, const WeightLookup& get,
+                                    const WeightExists& has);
+
+class DecoderModel : public Model {
+ public:
+  DecoderModel(ModelConfig config, std::string path, DecoderWeights weights, std::vector<std::shared_ptr<void>> keep);
+  size_t weight_bytes() const override;
+  Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) override;
+
+ private:
+  void attention_block(const LayerWeights& w, int64_t layer, const Tensor& x /*[n, d]*/, const Tensor& positions,
+                       const Tensor& inv_freq, float attention_factor, KvCache& cache, Tensor& out /*[n, d]*/);
+  void mlp_block(const MlpWeights& w, const Tensor& x /*[n, d]*/, Tensor& out /*[n, d]*/);
+
+  DecoderWeights w_;
+  std::vector<std::shared_ptr<void>> keep_;  // mapped files backing the weights
+  RopeFrequencies static_rope_;
+};
+
+}  // namespace kite

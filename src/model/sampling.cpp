@@ -1,0 +1,142 @@
+#include "model/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <unordered_map>
+
+#include "core/error.h"
+
+namespace kite {
+
+void SamplingParams::validate(const std::string& source) const {
+  if (!(temperature >= 0.0f) || !std::isfinite(temperature))
+    fail(source, "temperature", "{} is invalid; expected a value >= 0 (0 = greedy)", temperature);
+  if (top_k < -1) fail(source, "top_k", "{} is invalid; expected -1 or 0 (off) or a positive count", top_k);
+  if (!(top_p > 0.0f && top_p <= 1.0f)) fail(source, "top_p", "{} is invalid; expected a value in (0, 1]", top_p);
+  if (!(min_p >= 0.0f && min_p <= 1.0f)) fail(source, "min_p", "{} is invalid; expected a value in [0, 1]", min_p);
+  if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
+    fail(source, "repetition_penalty", "{} is invalid; expected a value > 0 (1 = off)", repetition_penalty);
+  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f))
+    fail(source, "presence_penalty", "{} is invalid; expected a value in [-2, 2]", presence_penalty);
+  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f))
+    fail(source, "frequency_penalty", "{} is invalid; expected a value in [-2, 2]", frequency_penalty);
+}
+
+namespace {
+uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+}  // namespace
+
+Rng::Rng(uint64_t seed) {
+  for (auto& s : s_) s = splitmix64(seed);
+}
+
+uint64_t Rng::next() {
+  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+double Rng::uniform() { return double(next() >> 11) * 0x1.0p-53; }
+
+int32_t argmax(std::span<const float> logits) {
+  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span<const int32_t> prompt,
+                     std::span<const int32_t> output) {
+  const int64_t vocab = int64_t(logits.size());
+  if (p.repetition_penalty != 1.0f) {
+    std::vector<bool> seen(size_t(vocab), false);
+    for (auto ids : {prompt, output})
+      for (int32_t t : ids)
+        if (t >= 0 && t < vocab) seen[size_t(t)] = true;
+    for (int64_t t = 0; t < vocab; ++t)
+      if (seen[size_t(t)]) {
+        float& l = logits[size_t(t)];
+        l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+      }
+  }
+  if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
+    std::unordered_map<int32_t, int> counts;
+    for (int32_t t : output)
+      if (t >= 0 && t < vocab) ++counts[t];
+    for (auto [t, n] : counts) logits[size_t(t)] -= p.presence_penalty + p.frequency_penalty * float(n);
+  }
+}
+
+std::vector<std::pair<int32_t, float>> sampling_distribution(std::span<const float> logits, const SamplingParams& p) {
+  const float temp = p.temperature > 0 ? p.temperature : 1.0f;
+  std::vector<std::pair<int32_t, float>> cand(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) cand[i] = {int32_t(i), logits[i] / temp};
+  // Highest first; ties by lower id so results never depend on sort stability.
+  auto by_logit = [](const auto& a, const auto& b) {
+    return a.second > b.second || (a.second == b.second && a.first < b.first);
+  };
+  size_t keep = cand.size();
+  if (p.top_k > 0 && size_t(p.top_k) < keep) {
+    keep = size_t(p.top_k);
+    std::partial_sort(cand.begin(), cand.begin() + ptrdiff_t(keep), cand.end(), by_logit);
+    cand.resize(keep);
+  } else {
+    std::sort(cand.begin(), cand.end(), by_logit);
+  }
+  // Softmax over the survivors in double.
+  const double mx = cand.front().second;
+  double sum = 0;
+  std::vector<double> prob(cand.size());
+  for (size_t i = 0; i < cand.size(); ++i) sum += prob[i] = std::exp(double(cand[i].second) - mx);
+  for (double& q : prob) q /= sum;
+  size_t n = cand.size();
+  if (p.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
+    double acc = 0;
+    for (size_t i = 0; i < n; ++i) {
+      acc += prob[i];
+      if (acc >= double(p.top_p)) {
+        n = i + 1;
+        break;
+      }
+    }
+  }
+  if (p.min_p > 0.0f) {
+    const double cut = double(p.min_p) * prob[0];
+    size_t m = 1;
+    while (m < n && prob[m] >= cut) ++m;
+    n = m;
+  }
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += prob[i];
+  std::vector<std::pair<int32_t, float>> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = {cand[i].first, float(prob[i] / total)};
+  return out;
+}
+
+Sampler::Sampler(const SamplingParams& params)
+    : params_(params),
+      rng_(params.seed ? *params.seed : std::random_device{}() * 0x100000001ull ^ std::random_device{}()) {}
+
+int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output) {
+  apply_penalties(logits, params_, prompt, output);
+  if (params_.greedy()) return argmax(logits);
+  auto dist = sampling_distribution(logits, params_);
+  double r = rng_.uniform(), acc = 0;
+  for (const auto& [tok, prob] : dist) {
+    acc += prob;
+    if (r < acc) return tok;
+  }
+  return dist.back().first;
+}
+
+}  // namespace kite

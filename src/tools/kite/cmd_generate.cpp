@@ -1,0 +1,119 @@
+// kite generate: one prompt, streamed to stdout.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "core/error.h"
+#include "model/generation.h"
+#include "tools/kite/commands.h"
+#include "tools/kite/model_files.h"
+
+namespace kite::cli {
+
+namespace {
+struct GenerateArgs {
+  std::string model;
+  std::string prompt;
+  bool chat = false;
+  std::string system;
+  int64_t max_tokens = 128;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  int32_t top_k = 0;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int64_t seed = -1;
+  int64_t context = 0;
+  bool ignore_eos = false;
+};
+
+int run_generate(const GenerateArgs& a) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto model = load_model(a.model);
+  auto tok = load_tokenizer_for(a.model);
+  double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::vector<int32_t> ids;
+  if (a.chat) {
+    auto tmpl = load_chat_template(model_dir(a.model));
+    if (!tmpl) fail(a.model, "chat_template", "the model has no chat template (tokenizer_config.json); drop --chat");
+    std::vector<ChatMessage> msgs;
+    if (!a.system.empty()) msgs.push_back({"system", a.system});
+    msgs.push_back({"user", a.prompt});
+    // The rendered text carries its own BOS, as with HF apply_chat_template.
+    ids = tok->encode(tmpl->render(msgs, true), false);
+  } else {
+    ids = tok->encode(a.prompt, true);
+  }
+
+  GenerateOptions opt;
+  opt.max_tokens = a.max_tokens;
+  opt.context = a.context;
+  opt.sampling.temperature = a.temperature;
+  opt.sampling.top_p = a.top_p;
+  opt.sampling.top_k = a.top_k;
+  opt.sampling.min_p = a.min_p;
+  opt.sampling.repetition_penalty = a.repetition_penalty;
+  opt.sampling.presence_penalty = a.presence_penalty;
+  opt.sampling.frequency_penalty = a.frequency_penalty;
+  if (a.seed >= 0) opt.sampling.seed = uint64_t(a.seed);
+  opt.sampling.validate("kite generate");
+  if (!a.ignore_eos) opt.stop_ids = stop_ids_for(a.model, *model, *tok);
+
+  // Prime the detokenizer with the prompt so the first generated piece keeps
+  // its leading space (" the", not "the"), as vLLM's streaming output does.
+  IncrementalDetokenizer detok(*tok);
+  for (int32_t id : ids) detok.push(id);
+  auto st = generate(*model, ids, opt, [&](int32_t id) {
+    bool stop = std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) != opt.stop_ids.end();
+    if (!stop) {
+      std::string piece = detok.push(id);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  });
+  std::string rest = detok.flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  std::fprintf(stderr, "load: %.2f s | prompt: %lld tokens, %.1f tok/s | generation: %lld tokens, %.1f tok/s\n", load_s,
+               (long long)st.prompt_tokens, st.prompt_seconds > 0 ? st.prompt_tokens / st.prompt_seconds : 0.0,
+               (long long)st.generated, st.decode_seconds > 0 ? double(st.generated - 1) / st.decode_seconds : 0.0);
+  return 0;
+}
+}  // namespace
+
+Run add_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* c = app.add_subcommand("generate", "Generate a continuation of one prompt, streamed to stdout");
+  c->add_option("--model,-m", a->model, "Model directory (config.json + safetensors) or .gguf file")->required();
+  c->add_option("--prompt,-p", a->prompt, "Prompt text")->required();
+  c->add_flag("--chat", a->chat, "Wrap the prompt as a user message with the model's chat template");
+  c->add_option("--system", a->system, "System message (with --chat)");
+  c->add_option("--max-tokens,-n", a->max_tokens, "Most tokens to generate")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--temperature,-t", a->temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
+  c->add_option("--top-p", a->top_p, "Nucleus sampling: keep the smallest set of tokens with this much probability")
+      ->capture_default_str();
+  c->add_option("--top-k", a->top_k, "Keep only the K most likely tokens; 0 = off")->capture_default_str();
+  c->add_option("--min-p", a->min_p, "Drop tokens less likely than min-p times the most likely one; 0 = off")
+      ->capture_default_str();
+  c->add_option("--repetition-penalty", a->repetition_penalty,
+                "Divide logits of tokens already seen (prompt and output); 1 = off")
+      ->capture_default_str();
+  c->add_option("--presence-penalty", a->presence_penalty, "Subtract from logits of tokens already generated")
+      ->capture_default_str();
+  c->add_option("--frequency-penalty", a->frequency_penalty, "Subtract this times the count of each generated token")
+      ->capture_default_str();
+  c->add_option("--seed", a->seed, "Random seed; the same seed gives the same output; -1 = random")
+      ->capture_default_str();
+  c->add_option("--ctx", a->context, "Context size in tokens; 0 = the model's maximum")->capture_default_str();
+  c->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past end-of-sequence tokens");
+  return [a] { return run_generate(*a); };
+}
+
+}  // namespace kite::cli

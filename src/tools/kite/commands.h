@@ -1,0 +1,16 @@
+#pragma once
+// The kite CLI's subcommands. Each registers its flags on the app and
+// returns the function that runs it.
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace kite::cli {
+
+using Run = std::function<int()>;
+
+Run add_generate(CLI::App& app);
+Run add_tokenize(CLI::App& app);
+Run add_ppl(CLI::App& app);
+Run add_bench(CLI::App& app);
+
+}  // namespace kite::cli

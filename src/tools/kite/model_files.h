@@ -1,0 +1,26 @@
+#pragma once
+// Resolving the files that go with a --model path (tokenizer, generation
+// defaults, chat template) for the CLI commands.
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "chat/chat_template.h"
+#include "formats/hf_config.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kite::cli {
+
+// The directory holding a model: PATH itself, or its parent for a file.
+std::string model_dir(const std::string& path);
+// The tokenizer of a model directory or .gguf, or of a tokenizer file.
+std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& path);
+// Stop ids: generation_config.json's eos ids, else the config's, else the tokenizer's.
+std::vector<int32_t> stop_ids_for(const std::string& path, const Model& model, const Tokenizer& tok);
+// Reads a whole text file (kite::Error naming it when missing).
+std::string read_text(const std::string& path);
+
+}  // namespace kite::cli

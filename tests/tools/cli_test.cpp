@@ -1,0 +1,87 @@
+// The kite binary end to end: output format, exit codes, one-line errors.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/mapped_file.h"
+
+namespace {
+
+const std::string kKite = std::string(KITE_BINARY_DIR) + "/kite";
+const std::string kModel = std::string(KITE_SHARED_DIR) + "/models/kite-ref";
+
+struct Result {
+  int status;
+  std::string out, err;
+};
+
+Result run(const std::string& args, const std::string& stdin_text = "") {
+  auto dir = std::filesystem::temp_directory_path() / ("kite_cli_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string in = (dir / "in").string(), out = (dir / "out").string(), err = (dir / "err").string();
+  std::ofstream(in) << stdin_text;
+  int rc = std::system((kKite + " " + args + " <" + in + " >" + out + " 2>" + err).c_str());
+  Result r{WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, kite::read_text_file(out), kite::read_text_file(err)};
+  std::filesystem::remove_all(dir);
+  return r;
+}
+
+TEST(Cli, TokenizePrintsIdsOnOneLine) {
+  Result r = run("tokenize --model " + kModel, "It is a truth universally acknowledged, that");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "1 819 318 263 4971 469 4251 512 5778 1304 1827 7223 393\n");
+  Result nobos =
+      run("tokenize --no-bos --model " + kModel + "/tokenizer.model", "It is a truth universally acknowledged, that");
+  ASSERT_EQ(nobos.status, 0) << nobos.err;
+  EXPECT_EQ(nobos.out, "819 318 263 4971 469 4251 512 5778 1304 1827 7223 393\n");
+}
+
+TEST(Cli, GenerateStreamsTheGreedyReference) {
+  auto ref = nlohmann::json::parse(kite::read_text_file(kModel + "/reference.json"));
+  const auto& g = ref["greedy"][1];
+  Result r = run("generate --model " + kModel + " --prompt '" + g["prompt"].get<std::string>() + "' --max-tokens 48");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, g["text"].get<std::string>() + "\n");
+  EXPECT_NE(r.err.find("tok/s"), std::string::npos);
+}
+
+TEST(Cli, PplPrintsValueLast) {
+  Result r =
+      run("ppl -q --model " + kModel + " --text " + std::string(KITE_SHARED_DIR) + "/text/valid/shakespeare.txt");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto pos = r.out.rfind("ppl: ");
+  ASSERT_NE(pos, std::string::npos);
+  EXPECT_EQ(r.out.back(), '\n');
+  EXPECT_NEAR(std::stod(r.out.substr(pos + 5)), 30.0677, 30.0677 * 0.005);
+}
+
+TEST(Cli, BadInputIsOneLineAndExitTwo) {
+  for (const std::string& args :
+       {std::string("generate --model /nonexistent --prompt hi"), std::string("tokenize --model /nonexistent"),
+        std::string("ppl --model ") + kModel + " --text /nonexistent.txt",
+        std::string("generate --model ") + kModel + " --prompt hi --top-p 0",
+        std::string("generate --model ") + kModel + "/tokenizer.json --prompt hi", std::string("generate"),
+        std::string("bogus-command")}) {
+    Result r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.err;
+    EXPECT_FALSE(r.err.empty()) << args;
+  }
+  Result r = run("generate --model /nonexistent --prompt hi");
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("/nonexistent"), std::string::npos) << r.err;
+}
+
+TEST(Cli, HelpDescribesEveryCommand) {
+  Result r = run("--help");
+  EXPECT_EQ(r.status, 0);
+  for (const char* cmd : {"generate", "tokenize", "ppl", "bench"}) EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
+  Result g = run("generate --help");
+  for (const char* flag : {"--top-p", "--top-k", "--min-p", "--seed", "--chat", "--max-tokens", "--temperature"})
+    EXPECT_NE(g.out.find(flag), std::string::npos) << flag;
+}
+
+}  // namespace
