@@ -30,14 +30,44 @@ TEST(CudaDevice, RoundTripCopiesAreExact) {
   EXPECT_NE(device_description(Device{DeviceKind::CUDA, 0}).find("cuda:0"), std::string::npos);
 }
 
+TEST(CudaDevice, AddMatchesTheCpuExactly) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device in this build/machine";
+  Device gpu{DeviceKind::CUDA, 0};
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  for (int64_t n : {1, 3, 4, 1001, 1 << 18}) {
+    std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+    for (auto& x : a) x = nd(rng);
+    for (auto& x : b) x = nd(rng);
+    Tensor ha = Tensor::from_floats({n}, a), hb = Tensor::from_floats({n}, b);
+    Tensor out = Tensor::empty({n}, DType::F32, gpu);
+    ops::add(ha.to(gpu), hb.to(gpu), out);
+    auto got = out.to_floats();
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], a[i] + b[i]) << i;
+    if (n > 1) {  // unaligned views take the scalar kernel
+      Tensor ga = ha.to(gpu).slice(0, 1, n), gb = hb.to(gpu).slice(0, 1, n);
+      Tensor o2 = Tensor::empty({n - 1}, DType::F32, gpu);
+      ops::add(ga, gb, o2);
+      auto g2 = o2.to_floats();
+      for (size_t i = 0; i < g2.size(); ++i) ASSERT_EQ(g2[i], a[i + 1] + b[i + 1]) << i;
+    }
+  }
+}
+
 TEST(CudaDevice, OpsWithoutCudaKernelsSayCleanly) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device in this build/machine";
   Device gpu{DeviceKind::CUDA, 0};
-  Tensor a = Tensor::zeros({4, 8}, DType::F32, gpu);
-  Tensor out = Tensor::zeros({4, 8}, DType::F32, gpu);
-  // Until the CUDA kernels land (issue 7), every op must refuse with a
-  // kite::Error naming the op, never crash or run on the wrong memory.
-  EXPECT_THROW(ops::add(a, a, out), Error);
+  Tensor x = Tensor::zeros({4, 8}, DType::F32, gpu);
+  Tensor w = Tensor::zeros({2, 8}, DType::F32, gpu);
+  Tensor y = Tensor::zeros({4, 2}, DType::F32, gpu);
+  // Until the CUDA GEMMs land (issue 7), linear must refuse with a
+  // kite::Error naming the op, never crash or touch the wrong memory.
+  try {
+    ops::linear(x, w, nullptr, y);
+    FAIL() << "linear ran on cuda";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear"), std::string::npos) << e.what();
+  }
 }
 
 TEST(CudaDevice, AbsentBackendIsAnErrorNotACrash) {
