@@ -8,6 +8,10 @@
 #include "chat/chat_template.h"
 #include "core/error.h"
 
+// Templates may legitimately build strings of up to 16 MiB; let ASan hand freed pages back to the OS so that
+// RSS reflects live memory rather than allocator caches under -rss_limit_mb=1024.
+extern "C" const char* __asan_default_options() { return "allocator_release_to_os_interval_ms=200"; }
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   static const nlohmann::ordered_json messages = nlohmann::ordered_json::parse(R"([

@@ -1,6 +1,6 @@
 #include "chat/chat_template.h"
 
-#include <fstream>
+#include <stdexcept>
 
 #include "chat/jinja.h"
 #include "core/error.h"
@@ -69,15 +69,20 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
 
 std::string ChatTemplate::render_json(const nlohmann::ordered_json& messages, bool add_generation_prompt,
                                       const nlohmann::ordered_json& extra_context) const {
-  if (!messages.is_array()) fail(source_, "messages", "expected a JSON array of messages, got {}", messages.type_name());
+  if (!messages.is_array())
+    fail(source_, "messages", "expected a JSON array of messages, got {}", messages.type_name());
   if (!extra_context.is_null() && !extra_context.is_object()) {
     fail(source_, "extra_context", "expected a JSON object, got {}", extra_context.type_name());
   }
   const jinja::Limits limits;
-  jinja::Value msgs = jinja::Value::from_json(messages);
-  if (msgs.depth() > limits.max_value_depth) {
-    fail(source_, "messages", "JSON nested deeper than {} levels", limits.max_value_depth);
-  }
+  auto convert = [&](const nlohmann::ordered_json& j, const std::string& field) {
+    try {
+      return jinja::Value::from_json(j, limits.max_value_depth);
+    } catch (const std::length_error&) {
+      fail(source_, field, "JSON nested deeper than {} levels", limits.max_value_depth);
+    }
+  };
+  jinja::Value msgs = convert(messages, "messages");
   std::vector<std::pair<std::string, jinja::Value>> vars;
   vars.emplace_back("messages", msgs);
   vars.emplace_back("add_generation_prompt", jinja::Value::boolean(add_generation_prompt));
@@ -87,10 +92,10 @@ std::string ChatTemplate::render_json(const nlohmann::ordered_json& messages, bo
   vars.emplace_back("documents", jinja::Value::none());
   if (extra_context.is_object()) {
     for (auto it = extra_context.begin(); it != extra_context.end(); ++it) {
-      jinja::Value v = jinja::Value::from_json(it.value());
-      if (v.depth() > limits.max_value_depth) {
-        fail(source_, "extra_context." + it.key(), "JSON nested deeper than {} levels", limits.max_value_depth);
+      if (it.key() == "messages" || it.key() == "add_generation_prompt") {
+        fail(source_, "extra_context." + it.key(), "is reserved: pass it as the {} argument", it.key());
       }
+      jinja::Value v = convert(it.value(), "extra_context." + it.key());
       bool replaced = false;
       for (auto& [k, old] : vars) {
         if (k == it.key()) {

@@ -5,11 +5,10 @@
 // raise_exception, strftime_now). Rendering is bounded: recursion depth, loop
 // work and output size are limited, and exceeding a limit throws kite::Error.
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace kite {
 

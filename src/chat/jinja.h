@@ -4,28 +4,27 @@
 // Hugging Face configures them (trim_blocks, lstrip_blocks, loopcontrols,
 // an immutable sandbox: no list.append / dict.update), with Python's
 // str()/repr()/json.dumps formatting of values.
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace kite::jinja {
 
 // Bounds on one render; exceeding any throws kite::Error.
 struct Limits {
-  size_t max_output_bytes = 16u << 20;  // rendered text
-  size_t max_string_bytes = 16u << 20;  // any one string value
-  size_t max_list_items = 1u << 20;     // any one list or dict
-  uint64_t max_ops = 2'000'000;        // evaluation steps (each loop iteration, expression node, filter ...)
-  uint64_t max_alloc_bytes = 512u << 20;  // bytes of strings built over the whole render
-  int max_call_depth = 64;               // nested macro calls
-  int max_eval_depth = 400;              // nested statement/expression evaluation
-  int max_value_depth = 128;             // nesting of lists/dicts
+  size_t max_output_bytes = 16u << 20;    // rendered text
+  size_t max_string_bytes = 16u << 20;    // any one string value
+  size_t max_list_items = 1u << 18;       // any one list or dict
+  uint64_t max_ops = 2'000'000;           // evaluation steps (each loop iteration, expression node, filter ...)
+  uint64_t max_alloc_bytes = 128u << 20;  // bytes of strings and lists built over the whole render
+  int max_call_depth = 64;                // nested macro calls
+  int max_eval_depth = 400;               // nested statement/expression evaluation
+  int max_value_depth = 128;              // nesting of lists/dicts
 };
 
 inline constexpr int kMaxParseDepth = 96;  // nesting of expressions and blocks accepted by the parser
@@ -62,7 +61,8 @@ class Value {
   static Value dict(std::vector<std::pair<Value, Value>> items);
   static Value namespace_(std::vector<std::pair<Value, Value>> items);
   static Value callable(std::string name, NativeFn fn);
-  static Value from_json(const nlohmann::ordered_json& j);
+  // Throws std::length_error when j nests deeper than max_depth arrays/objects.
+  static Value from_json(const nlohmann::ordered_json& j, int max_depth);
 
   Kind kind() const { return kind_; }
   bool is_undefined() const { return kind_ == Kind::Undefined; }
@@ -79,8 +79,9 @@ class Value {
   bool as_bool() const { return b_; }
   int64_t as_int() const { return i_; }  // Int or Bool
   double as_double() const;              // any number
-  const std::string& str() const { return s_; }  // String; for Undefined, the hint ("'x' is undefined")
-  const std::vector<Value>& items() const;        // List
+  // String (shared, immutable: copying a Value never copies its text); for Undefined, the hint ("'x' is undefined").
+  const std::string& str() const;
+  const std::vector<Value>& items() const;                      // List
   const std::vector<std::pair<Value, Value>>& entries() const;  // Dict / Namespace
   DictObj& dict_obj() const { return *dict_; }
   const Callable& fn() const { return *fn_; }
@@ -92,13 +93,15 @@ class Value {
 
   bool truthy() const;
   bool same_object(const Value& o) const;
+  // True when this Value is the only holder of its list/dict object (so mutating it in place is unobservable).
+  bool sole_owner() const { return (list_ && list_.use_count() == 1) || (dict_ && dict_.use_count() == 1); }
 
  private:
   Kind kind_ = Kind::Undefined;
   bool b_ = false;
   int64_t i_ = 0;
   double f_ = 0;
-  std::string s_;
+  std::shared_ptr<const std::string> s_;
   std::shared_ptr<ListObj> list_;
   std::shared_ptr<DictObj> dict_;
   std::shared_ptr<Callable> fn_;
@@ -116,12 +119,12 @@ struct DictObj {
 };
 
 // Python-compatible helpers (jinja_value.cpp).
-const char* type_name(const Value& v);          // "str", "int", "list", "dict", "NoneType" ...
+const char* type_name(const Value& v);  // "str", "int", "list", "dict", "NoneType" ...
 // str(v) (Undefined -> "") and repr(v); throw std::length_error once the text passes max_bytes.
 std::string to_str(const Value& v, size_t max_bytes = SIZE_MAX);
 std::string repr(const Value& v, size_t max_bytes = SIZE_MAX);
-std::string float_repr(double d);               // repr(float)
-bool equals(const Value& a, const Value& b);    // ==
+std::string float_repr(double d);             // repr(float)
+bool equals(const Value& a, const Value& b);  // ==
 // <0, 0, >0; throws std::invalid_argument naming the types when Python would raise TypeError.
 int compare(const Value& a, const Value& b);
 struct JsonOptions {
@@ -142,7 +145,22 @@ bool is_py_space(uint32_t cp);  // str.isspace()
 
 // ---- AST -----------------------------------------------------------------
 enum class ExprType : uint8_t {
-  Literal, Name, List, Dict, GetAttr, GetItem, Slice, Unary, Binary, And, Or, Compare, Cond, Filter, Test, Call
+  Literal,
+  Name,
+  List,
+  Dict,
+  GetAttr,
+  GetItem,
+  Slice,
+  Unary,
+  Binary,
+  And,
+  Or,
+  Compare,
+  Cond,
+  Filter,
+  Test,
+  Call
 };
 
 struct Expr;
@@ -153,16 +171,29 @@ struct Expr {
   int line = 0;
   int col = 0;
   int depth = 1;
-  Value value;                 // Literal
-  std::string name;            // Name, GetAttr attribute, Filter/Test name, Unary/Binary operator
-  bool negated = false;        // Test: `is not`
-  ExprPtr a, b, c;             // operands: object/left/condition ...; Slice: a[b:c:args[0]]
-  std::vector<ExprPtr> args;   // positional args, list items, dict key/value pairs, compare operands
+  Value value;                   // Literal
+  std::string name;              // Name, GetAttr attribute, Filter/Test name, Unary/Binary operator
+  bool negated = false;          // Test: `is not`
+  ExprPtr a, b, c;               // operands: object/left/condition ...; Slice: a[b:c:args[0]]
+  std::vector<ExprPtr> args;     // positional args, list items, dict key/value pairs, compare operands
   std::vector<std::string> ops;  // Compare operators
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
 };
 
-enum class StmtType : uint8_t { Text, Output, If, For, Set, SetBlock, Macro, CallBlock, FilterBlock, Break, Continue, Block };
+enum class StmtType : uint8_t {
+  Text,
+  Output,
+  If,
+  For,
+  Set,
+  SetBlock,
+  Macro,
+  CallBlock,
+  FilterBlock,
+  Break,
+  Continue,
+  Block
+};
 
 struct Stmt;
 using StmtPtr = std::unique_ptr<Stmt>;
@@ -171,13 +202,13 @@ using Body = std::vector<StmtPtr>;
 struct Stmt {
   StmtType type;
   int line = 0;
-  std::string text;                 // Text; Set/SetBlock/Macro: target name
-  std::string attr;                 // Set: `set ns.attr = ...`
-  std::vector<std::string> names;   // For targets, Set tuple targets, Macro/CallBlock parameters
-  std::vector<ExprPtr> exprs;       // If conditions; Macro/CallBlock parameter defaults (nullptr: none)
-  ExprPtr expr;                     // Output, For iterable, Set value, CallBlock call, Filter chain
-  ExprPtr cond;                     // For `if` filter
-  std::vector<Body> bodies;         // If: one per condition (+ else); For: body (+ else); others: body
+  std::string text;                // Text; Set/SetBlock/Macro: target name
+  std::string attr;                // Set: `set ns.attr = ...`
+  std::vector<std::string> names;  // For targets, Set tuple targets, Macro/CallBlock parameters
+  std::vector<ExprPtr> exprs;      // If conditions; Macro/CallBlock parameter defaults (nullptr: none)
+  ExprPtr expr;                    // Output, For iterable, Set value, CallBlock call, Filter chain
+  ExprPtr cond;                    // For `if` filter
+  std::vector<Body> bodies;        // If: one per condition (+ else); For: body (+ else); others: body
 };
 
 struct Template {

@@ -1,5 +1,6 @@
 // Built-in filters, tests, str/dict/list methods and globals, following
 // jinja2's and Python's behaviour (with Hugging Face's tojson and globals).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -88,10 +89,17 @@ uint32_t to_upper(uint32_t c) {
 }
 
 bool is_cased_letter(uint32_t c) { return to_lower(c) != c || to_upper(c) != c; }
-bool is_alpha(uint32_t c) { return (c < 0x80 && std::isalpha(static_cast<int>(c))) || (c >= 0x80 && is_cased_letter(c)); }
+bool is_alpha(uint32_t c) {
+  return (c < 0x80 && std::isalpha(static_cast<int>(c))) || (c >= 0x80 && is_cased_letter(c));
+}
 bool is_digit(uint32_t c) { return c >= '0' && c <= '9'; }
 
 std::string map_chars(const std::string& s, uint32_t (*f)(uint32_t)) {
+  if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+    std::string out = s;
+    for (char& c : out) c = static_cast<char>(f(static_cast<unsigned char>(c)));
+    return out;
+  }
   std::string out;
   out.reserve(s.size());
   for (uint32_t c : decode_utf8(s)) append_utf8(out, f(c));
@@ -185,17 +193,20 @@ std::vector<std::string> py_split(Interp& in, const std::string& s, const Value*
       std::string word;
       while (i < cps.size() && !is_py_space(cps[i])) append_utf8(word, cps[i++]);
       parts.push_back(std::move(word));
+      if (parts.size() > in.limits().max_list_items) in.fail("split() result has too many parts");
     }
     return parts;
   }
   const std::string& d = str_arg(in, *sep, "split separator");
   if (d.empty()) in.fail("split(): empty separator");
+  in.charge_scan(s.size(), d.size());
   size_t pos = 0;
   while (true) {
     if (maxsplit >= 0 && static_cast<int64_t>(parts.size()) == maxsplit) break;
     size_t f = s.find(d, pos);
     if (f == std::string::npos) break;
     parts.push_back(s.substr(pos, f - pos));
+    if (parts.size() > in.limits().max_list_items) in.fail("split() result has too many parts");
     pos = f + d.size();
   }
   parts.push_back(s.substr(pos));
@@ -234,6 +245,7 @@ Value py_replace(Interp& in, const std::string& s, const std::string& old, const
     }
     return in.make_string(std::move(out));
   }
+  in.charge_scan(s.size(), old.size());
   size_t pos = 0;
   int64_t done = 0;
   while (count < 0 || done < count) {
@@ -270,7 +282,10 @@ bool parse_int(const std::string& text, int base, int64_t& out) {
       prev_digit = false;
       continue;
     }
-    int d = c >= '0' && c <= '9' ? c - '0' : (c >= 'a' && c <= 'z') ? c - 'a' + 10 : (c >= 'A' && c <= 'Z') ? c - 'A' + 10 : 99;
+    int d = c >= '0' && c <= '9'     ? c - '0'
+            : (c >= 'a' && c <= 'z') ? c - 'a' + 10
+            : (c >= 'A' && c <= 'Z') ? c - 'A' + 10
+                                     : 99;
     if (d >= base) return false;
     if (__builtin_mul_overflow(v, base, &v) || __builtin_add_overflow(v, d, &v)) return false;
     prev_digit = true;
@@ -422,6 +437,7 @@ Value tojson(Interp& in, const Value& input, CallArgs& args) {
     in.fail("tojson: JSON text exceeds " + std::to_string(in.limits().max_string_bytes) + " bytes");
   }
   if (p.get(0) && p.get(0)->truthy()) out = ensure_ascii(out);
+  in.charge(out.size() / 8);
   return in.make_string(std::move(out));
 }
 
@@ -437,26 +453,22 @@ Value indent_filter(Interp& in, const Value& input, CallArgs& args) {
   }
   bool first = p.get(1) && p.get(1)->truthy();
   bool blank = p.get(2) && p.get(2)->truthy();
-  std::string s = in.str(input) + "\n";
-  std::vector<std::string> lines;
+  // jinja2: s += "\n"; lines = s.splitlines(); the first line is never indented (unless `first`), empty lines
+  // only with `blank`.
+  const std::string s = in.str(input) + "\n";
+  const uint64_t n_lines = static_cast<uint64_t>(std::count(s.begin(), s.end(), '\n'));
+  in.check_string_size(s.size() + (n_lines + 1) * ind.size());
+  std::string rv = first ? ind : "";
   size_t pos = 0;
-  while (pos < s.size()) {
+  for (uint64_t i = 0; pos < s.size(); ++i) {
     size_t nl = s.find('\n', pos);
-    lines.push_back(s.substr(pos, nl - pos));
+    if (i > 0) {
+      rv += '\n';
+      if (blank || nl > pos) rv += ind;
+    }
+    rv.append(s, pos, nl - pos);
     pos = nl + 1;
   }
-  in.check_string_size(s.size() + (lines.size() + 1) * ind.size());
-  std::string rv;
-  if (blank) {
-    for (size_t i = 0; i < lines.size(); ++i) {
-      if (i) rv += "\n" + ind;
-      rv += lines[i];
-    }
-  } else {
-    rv = lines.empty() ? "" : lines[0];
-    for (size_t i = 1; i < lines.size(); ++i) rv += "\n" + (lines[i].empty() ? "" : ind + lines[i]);
-  }
-  if (first) rv = ind + rv;
   return in.make_string(std::move(rv));
 }
 
@@ -713,7 +725,8 @@ const std::map<std::string, FilterFn>& filters() {
          Params(in, "capitalize", a, {});
          return in.make_string(capitalize(in.str(v)));
        }},
-      {"count", [](Interp& in, const Value& v, CallArgs& a) -> Value {
+      {"count",
+       [](Interp& in, const Value& v, CallArgs& a) -> Value {
          Params(in, "count", a, {});
          return length_of(in, v);
        }},
@@ -730,7 +743,8 @@ const std::map<std::string, FilterFn>& filters() {
       {"first",
        [](Interp& in, const Value& v, CallArgs& a) -> Value {
          Params(in, "first", a, {});
-         if (v.is_list()) return v.items().empty() ? Value::undefined("no first item, sequence was empty") : v.items()[0];
+         if (v.is_list())
+           return v.items().empty() ? Value::undefined("no first item, sequence was empty") : v.items()[0];
          std::vector<Value> items = seq_items(in, v);
          return items.empty() ? Value::undefined("no first item, sequence was empty") : items[0];
        }},
@@ -798,7 +812,8 @@ const std::map<std::string, FilterFn>& filters() {
          std::vector<Value> items = v.is_list() ? v.items() : seq_items(in, v);
          return items.empty() ? Value::undefined("no last item, sequence was empty") : items.back();
        }},
-      {"length", [](Interp& in, const Value& v, CallArgs& a) -> Value {
+      {"length",
+       [](Interp& in, const Value& v, CallArgs& a) -> Value {
          Params(in, "length", a, {});
          return length_of(in, v);
        }},
@@ -838,7 +853,8 @@ const std::map<std::string, FilterFn>& filters() {
          return in.make_list(std::move(items));
        }},
       {"round", round_filter},
-      {"safe", [](Interp& in, const Value& v, CallArgs& a) -> Value {
+      {"safe",
+       [](Interp& in, const Value& v, CallArgs& a) -> Value {
          Params(in, "safe", a, {});
          return v.is_string() ? v : in.make_string(in.str(v));
        }},
@@ -857,11 +873,9 @@ const std::map<std::string, FilterFn>& filters() {
          for (const Value& it : seq_items(in, v)) {
            in.charge(1);
            Value x = p.has(0) ? get_path(in, it, *p.get(0)) : it;
-           CallArgs none;
-           (void)none;
            if (!total.is_number() || !x.is_number()) {
-             in.fail(std::string("unsupported operand type(s) for +: '") + type_name(total) + "' and '" +
-                     type_name(x) + "'");
+             in.fail(std::string("unsupported operand type(s) for +: '") + type_name(total) + "' and '" + type_name(x) +
+                     "'");
            }
            if (total.kind() != Kind::Float && x.kind() != Kind::Float) {
              int64_t r;
@@ -949,10 +963,11 @@ int test_compare(Interp& in, const Value& x, const Value& y) {
 
 const std::vector<std::string>& test_names() {
   static const std::vector<std::string> names = {
-      "defined", "undefined", "none",      "boolean", "false",    "true", "integer", "float", "number", "string",
-      "mapping", "iterable",  "sequence",  "callable", "even",    "odd",  "divisibleby", "eq", "equalto", "==",
-      "ne",      "!=",        "lt",        "lessthan", "<",       "le",   "<=",      "gt",    "greaterthan", ">",
-      "ge",      ">=",        "in",        "sameas",  "lower",    "upper", "escaped", "filter", "test"};
+      "defined",     "undefined", "none",    "boolean",  "false",       "true",     "integer", "float",
+      "number",      "string",    "mapping", "iterable", "sequence",    "callable", "even",    "odd",
+      "divisibleby", "eq",        "equalto", "==",       "ne",          "!=",       "lt",      "lessthan",
+      "<",           "le",        "<=",      "gt",       "greaterthan", ">",        "ge",      ">=",
+      "in",          "sameas",    "lower",   "upper",    "escaped",     "filter",   "test"};
   return names;
 }
 
@@ -964,16 +979,17 @@ Value bound(const std::string& name, std::function<Value(Interp&, CallArgs&)> fn
 
 Value string_method(Interp& in, const Value& obj, const std::string& name) {
   (void)in;
-  const std::string s = obj.str();
   if (name == "strip" || name == "lstrip" || name == "rstrip") {
-    return bound(name, [s, name](Interp& in, CallArgs& a) {
+    return bound(name, [obj, name](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params p(in, name, a, {"chars"});
       if (p.has(0)) str_arg(in, *p.get(0), name + " chars");
       return in.make_string(py_strip(s, p.get(0), name != "rstrip", name != "lstrip"));
     });
   }
   if (name == "startswith" || name == "endswith") {
-    return bound(name, [s, name](Interp& in, CallArgs& a) {
+    return bound(name, [obj, name](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params p(in, name, a, {"prefix"});
       if (!p.get(0)) in.fail(name + "() takes one argument");
       std::vector<Value> opts = p.get(0)->is_list() ? p.get(0)->items() : std::vector<Value>{*p.get(0)};
@@ -987,7 +1003,8 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
     });
   }
   if (name == "split" || name == "rsplit") {
-    return bound(name, [s, name](Interp& in, CallArgs& a) {
+    return bound(name, [obj, name](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params p(in, name, a, {"sep", "maxsplit"});
       int64_t maxsplit = p.has(1) ? int_arg(in, *p.get(1), "maxsplit") : -1;
       std::vector<std::string> parts;
@@ -1013,7 +1030,8 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
     });
   }
   if (name == "splitlines") {
-    return bound(name, [s](Interp& in, CallArgs& a) {
+    return bound(name, [obj](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params p(in, "splitlines", a, {"keepends"});
       bool keep = p.get(0) && p.get(0)->truthy();
       std::vector<Value> out;
@@ -1026,6 +1044,7 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
         }
         size_t end = nl + ((s[nl] == '\r' && nl + 1 < s.size() && s[nl + 1] == '\n') ? 2 : 1);
         out.push_back(Value::string(s.substr(pos, (keep ? end : nl) - pos)));
+        if (out.size() > in.limits().max_list_items) in.fail("splitlines() result has too many lines");
         pos = end;
       }
       return in.make_list(std::move(out));
@@ -1037,13 +1056,15 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
   auto it = simple.find(name);
   if (it != simple.end()) {
     StrFn f = it->second;
-    return bound(name, [s, f, name](Interp& in, CallArgs& a) {
+    return bound(name, [obj, f, name](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params(in, name, a, {});
       return in.make_string(f(s));
     });
   }
   if (name == "replace") {
-    return bound(name, [s](Interp& in, CallArgs& a) {
+    return bound(name, [obj](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params p(in, "replace", a, {"old", "new", "count"});
       if (!p.get(0) || !p.get(1)) in.fail("replace() needs old and new strings");
       int64_t count = p.has(2) ? int_arg(in, *p.get(2), "replace count") : -1;
@@ -1051,11 +1072,12 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
     });
   }
   if (name == "find" || name == "rfind" || name == "index" || name == "rindex" || name == "count") {
-    return bound(name, [s, name](Interp& in, CallArgs& a) {
+    return bound(name, [obj, name](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params p(in, name, a, {"sub"});
       if (!p.get(0)) in.fail(name + "() takes one argument");
       const std::string& sub = str_arg(in, *p.get(0), name + " argument");
-      in.charge(s.size() / 256 + 1);
+      in.charge_scan(s.size(), sub.size() + 1);
       if (name == "count") {
         if (sub.empty()) return Value::integer(static_cast<int64_t>(utf8_length(s)) + 1);
         int64_t n = 0;
@@ -1068,7 +1090,8 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
     });
   }
   if (name == "join") {
-    return bound(name, [s](Interp& in, CallArgs& a) {
+    return bound(name, [obj](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params p(in, "join", a, {"iterable"});
       if (!p.get(0)) in.fail("join() takes one argument");
       std::string out;
@@ -1084,7 +1107,8 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
   }
   if (name == "isdigit" || name == "isalpha" || name == "isalnum" || name == "isspace" || name == "islower" ||
       name == "isupper") {
-    return bound(name, [s, name](Interp& in, CallArgs& a) {
+    return bound(name, [obj, name](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       Params(in, name, a, {});
       if (name == "islower") return Value::boolean(is_lower_str(s));
       if (name == "isupper") return Value::boolean(is_upper_str(s));
@@ -1101,7 +1125,8 @@ Value string_method(Interp& in, const Value& obj, const std::string& name) {
     });
   }
   if (name == "format") {
-    return bound(name, [s](Interp& in, CallArgs& a) {
+    return bound(name, [obj](Interp& in, CallArgs& a) {
+      const std::string& s = obj.str();
       std::string out;
       size_t auto_idx = 0;
       for (size_t i = 0; i < s.size(); ++i) {
@@ -1203,6 +1228,7 @@ bool has_test(const std::string& name) {
 }
 
 Value call_filter(Interp& in, const std::string& name, const Value& input, CallArgs& args) {
+  if (input.is_string()) in.charge(input.str().size() / 16);  // most string filters visit every character
   if (name == "default" || name == "d") return default_filter(in, input, args);
   if (name == "e" || name == "forceescape") return filters().at("escape")(in, input, args);
   auto it = filters().find(name);
@@ -1239,6 +1265,7 @@ bool call_test(Interp& in, const std::string& n, const Value& v, CallArgs& a) {
   }
   if (n == "lower" || n == "upper") {
     std::string s = in.str(v);
+    in.charge(s.size() / 16);
     return n == "lower" ? is_lower_str(s) : is_upper_str(s);
   }
   if (n == "filter" || n == "test") {
@@ -1264,13 +1291,15 @@ bool call_test(Interp& in, const std::string& n, const Value& v, CallArgs& a) {
   if (n == "gt" || n == "greaterthan" || n == ">") return test_compare(in, v, x) > 0;
   if (n == "ge" || n == ">=") return test_compare(in, v, x) >= 0;
   if (n == "in") return in.contains(x, v);
-  if (n == "sameas") return v.same_object(x) || (v.is_none() && x.is_none()) || (v.is_bool() && x.is_bool() && v.as_bool() == x.as_bool());
+  if (n == "sameas")
+    return v.same_object(x) || (v.is_none() && x.is_none()) ||
+           (v.is_bool() && x.is_bool() && v.as_bool() == x.as_bool());
   in.fail("unknown test '" + n + "'");
 }
 
 Value get_method(Interp& in, const Value& obj, const std::string& name) {
   switch (obj.kind()) {
-    case Kind::String: return string_method(in, obj, name);
+    case Kind::String: in.charge(obj.str().size() / 16); return string_method(in, obj, name);
     case Kind::Dict: return dict_method(in, obj, name);
     case Kind::List: return list_method(in, obj, name);
     default: return Value::undefined();
@@ -1279,31 +1308,32 @@ Value get_method(Interp& in, const Value& obj, const std::string& name) {
 
 void add_globals(Scope& scope) {
   scope.set("range", Value::callable("range", [](Interp& in, CallArgs& a) -> Value {
-    if (!a.kw.empty() || a.pos.empty() || a.pos.size() > 3) in.fail("range() takes 1 to 3 integer arguments");
-    int64_t start = 0, stop, step = 1;
-    if (a.pos.size() == 1) {
-      stop = int_arg(in, a.pos[0], "range argument");
-    } else {
-      start = int_arg(in, a.pos[0], "range argument");
-      stop = int_arg(in, a.pos[1], "range argument");
-      if (a.pos.size() == 3) step = int_arg(in, a.pos[2], "range step");
-    }
-    if (step == 0) in.fail("range() arg 3 must not be zero");
-    constexpr int64_t kMaxRange = 100000;  // jinja2's sandbox limit
-    std::vector<Value> out;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
-      if (static_cast<int64_t>(out.size()) >= kMaxRange) {
-        in.fail("range too big: the sandbox blocks ranges larger than " + std::to_string(kMaxRange));
-      }
-      out.push_back(Value::integer(i));
-      if (__builtin_add_overflow(i, step, &i)) break;
-    }
-    return in.make_list(std::move(out));
-  }));
+              if (!a.kw.empty() || a.pos.empty() || a.pos.size() > 3) in.fail("range() takes 1 to 3 integer arguments");
+              int64_t start = 0, stop, step = 1;
+              if (a.pos.size() == 1) {
+                stop = int_arg(in, a.pos[0], "range argument");
+              } else {
+                start = int_arg(in, a.pos[0], "range argument");
+                stop = int_arg(in, a.pos[1], "range argument");
+                if (a.pos.size() == 3) step = int_arg(in, a.pos[2], "range step");
+              }
+              if (step == 0) in.fail("range() arg 3 must not be zero");
+              constexpr int64_t kMaxRange = 100000;  // jinja2's sandbox limit
+              std::vector<Value> out;
+              for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
+                if (static_cast<int64_t>(out.size()) >= kMaxRange) {
+                  in.fail("range too big: the sandbox blocks ranges larger than " + std::to_string(kMaxRange));
+                }
+                out.push_back(Value::integer(i));
+                if (__builtin_add_overflow(i, step, &i)) break;
+              }
+              return in.make_list(std::move(out));
+            }));
   auto make_mapping = [](bool ns) {
     return [ns](Interp& in, CallArgs& a) -> Value {
       std::vector<std::pair<Value, Value>> entries;
-      if (a.pos.size() > 1) in.fail(std::string(ns ? "namespace" : "dict") + "() takes at most one positional argument");
+      if (a.pos.size() > 1)
+        in.fail(std::string(ns ? "namespace" : "dict") + "() takes at most one positional argument");
       if (!a.pos.empty()) {
         const Value& init = a.pos[0];
         if (init.is_dict() || init.is_namespace()) {
@@ -1324,26 +1354,27 @@ void add_globals(Scope& scope) {
   scope.set("namespace", Value::callable("namespace", make_mapping(true)));
   scope.set("dict", Value::callable("dict", make_mapping(false)));
   scope.set("raise_exception", Value::callable("raise_exception", [](Interp& in, CallArgs& a) -> Value {
-    std::string msg = a.pos.empty() ? "" : in.str(a.pos[0]);
-    throw Error(in.source(), "raise_exception", msg);
-  }));
+              std::string msg = a.pos.empty() ? "" : in.str(a.pos[0]);
+              throw Error(in.source(), "raise_exception", msg);
+            }));
   scope.set("strftime_now", Value::callable("strftime_now", [](Interp& in, CallArgs& a) -> Value {
-    if (a.pos.size() != 1 || !a.pos[0].is_string()) in.fail("strftime_now() takes one format string");
-    const std::string& fmt = a.pos[0].str();
-    if (fmt.size() > 256) in.fail("strftime_now() format is too long");
-    std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    localtime_r(&now, &tm);
-    std::string buf(4096, '\0');
-    size_t n = fmt.empty() ? 0 : std::strftime(buf.data(), buf.size(), fmt.c_str(), &tm);
-    if (n == 0 && !fmt.empty()) {
-      // strftime also returns 0 for formats that expand to nothing; only a very long expansion overflows 4096 bytes.
-      bool empty_ok = fmt.find('%') != std::string::npos;
-      if (!empty_ok) in.fail("strftime_now() result is too long");
-    }
-    buf.resize(n);
-    return in.make_string(std::move(buf));
-  }));
+              if (a.pos.size() != 1 || !a.pos[0].is_string()) in.fail("strftime_now() takes one format string");
+              const std::string& fmt = a.pos[0].str();
+              if (fmt.size() > 256) in.fail("strftime_now() format is too long");
+              std::time_t now = std::time(nullptr);
+              std::tm tm{};
+              localtime_r(&now, &tm);
+              std::string buf(4096, '\0');
+              size_t n = fmt.empty() ? 0 : std::strftime(buf.data(), buf.size(), fmt.c_str(), &tm);
+              if (n == 0 && !fmt.empty()) {
+                // strftime also returns 0 for formats that expand to nothing; only a very long expansion overflows 4096
+                // bytes.
+                bool empty_ok = fmt.find('%') != std::string::npos;
+                if (!empty_ok) in.fail("strftime_now() result is too long");
+              }
+              buf.resize(n);
+              return in.make_string(std::move(buf));
+            }));
 }
 
 void stable_sort_values(std::vector<Value>& v, const std::function<bool(const Value&, const Value&)>& less) {

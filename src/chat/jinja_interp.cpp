@@ -5,7 +5,6 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-#include <unordered_map>
 
 #include "core/error.h"
 
@@ -132,6 +131,12 @@ void Interp::charge_bytes(uint64_t bytes) {
   }
 }
 
+void Interp::charge_scan(uint64_t n, uint64_t m) {
+  uint64_t work;
+  if (__builtin_mul_overflow(n, m, &work)) work = UINT64_MAX;
+  charge(std::min<uint64_t>(work / 1024, limits_.max_ops + 1));
+}
+
 void Interp::check_string_size(uint64_t n) const {
   if (n > limits_.max_string_bytes) {
     fail("string of " + std::to_string(n) + " bytes exceeds the limit of " + std::to_string(limits_.max_string_bytes));
@@ -141,6 +146,7 @@ void Interp::check_string_size(uint64_t n) const {
 Value Interp::make_string(std::string s) {
   check_string_size(s.size());
   charge_bytes(s.size());
+  charge(s.size() / 64);
   return Value::string(std::move(s));
 }
 
@@ -149,11 +155,7 @@ Value Interp::make_list(std::vector<Value> items) {
     fail("list of " + std::to_string(items.size()) + " items exceeds the limit of " +
          std::to_string(limits_.max_list_items));
   }
-  uint64_t bytes = items.size() * sizeof(Value);
-  for (const Value& v : items) {
-    if (v.is_string()) bytes += v.str().size();
-  }
-  charge_bytes(bytes);
+  charge_bytes(items.size() * sizeof(Value));  // strings are shared, not copied
   charge(items.size() / 4 + 1);
   Value out = Value::list(std::move(items));
   if (out.depth() > limits_.max_value_depth) fail("list nested too deeply");
@@ -161,13 +163,9 @@ Value Interp::make_list(std::vector<Value> items) {
 }
 
 Value Interp::make_dict(std::vector<std::pair<Value, Value>> entries, bool is_namespace) {
-  if (entries.size() > limits_.max_list_items) fail("dict of " + std::to_string(entries.size()) + " items is too large");
-  uint64_t bytes = entries.size() * 2 * sizeof(Value);
-  for (const auto& [k, v] : entries) {
-    if (k.is_string()) bytes += k.str().size();
-    if (v.is_string()) bytes += v.str().size();
-  }
-  charge_bytes(bytes);
+  if (entries.size() > limits_.max_list_items)
+    fail("dict of " + std::to_string(entries.size()) + " items is too large");
+  charge_bytes(entries.size() * 2 * sizeof(Value));
   charge(entries.size() / 16 + 1);
   // Later keys win, as in a Python dict literal.
   std::vector<std::pair<Value, Value>> unique;
@@ -192,7 +190,9 @@ Value Interp::make_dict(std::vector<std::pair<Value, Value>> entries, bool is_na
 std::string Interp::str(const Value& v) {
   if (v.is_string()) return v.str();
   try {
-    return to_str(v, limits_.max_string_bytes);
+    std::string s = to_str(v, limits_.max_string_bytes);
+    charge(s.size() / 8);
+    return s;
   } catch (const std::length_error&) {
     fail("string form of a " + std::string(type_name(v)) + " exceeds " + std::to_string(limits_.max_string_bytes) +
          " bytes");
@@ -315,10 +315,9 @@ void Interp::exec_for(const Stmt& s, const ScopePtr& scope) {
     std::vector<Value> parts = item.is_list() || item.is_string() ? iterate(item) : std::vector<Value>{};
     if (!item.is_list() && !item.is_string()) fail(std::string("cannot unpack non-sequence ") + type_name(item));
     if (parts.size() != s.names.size()) {
-      fail(parts.size() > s.names.size()
-               ? "too many values to unpack (expected " + std::to_string(s.names.size()) + ")"
-               : "not enough values to unpack (expected " + std::to_string(s.names.size()) + ", got " +
-                     std::to_string(parts.size()) + ")");
+      fail(parts.size() > s.names.size() ? "too many values to unpack (expected " + std::to_string(s.names.size()) + ")"
+                                         : "not enough values to unpack (expected " + std::to_string(s.names.size()) +
+                                               ", got " + std::to_string(parts.size()) + ")");
     }
     for (size_t k = 0; k < parts.size(); ++k) target.set(s.names[k], parts[k]);
   };
@@ -335,13 +334,15 @@ void Interp::exec_for(const Stmt& s, const ScopePtr& scope) {
   const std::vector<Value>& items = *seq;
   const size_t n = items.size();
   const bool uses_loop = uses_name(s, "loop");
+  auto loop_index = std::make_shared<int64_t>(0);
+  Value loop = uses_loop ? make_loop(loop_index) : Value();
   if (n == 0) {
     if (s.bodies.size() > 1) exec_body(s.bodies[1], std::make_shared<Scope>(scope));
     return;
   }
   ScopePtr iter;
   for (size_t i = 0; i < n; ++i) {
-    charge(1);
+    charge(uses_loop ? 3 : 2);
     // Each iteration starts from a clean scope; reuse the last one unless a macro defined in it still refers to it.
     if (iter && iter.use_count() == 1) {
       iter->vars.clear();
@@ -349,35 +350,49 @@ void Interp::exec_for(const Stmt& s, const ScopePtr& scope) {
       iter = std::make_shared<Scope>(scope);
     }
     bind(*iter, items[i]);
-    Flow f = uses_loop ? exec_body(s.bodies[0], with_loop(iter, items, i)) : exec_body(s.bodies[0], iter);
+    if (uses_loop) {
+      // The loop object is updated in place only while nothing else holds it; one that escaped (stored in a
+      // namespace, list or macro scope) stays as it was, so no reference cycle can form through previtem/nextitem.
+      if (!loop.sole_owner()) loop = make_loop(loop_index);
+      update_loop(loop, *loop_index, items, i);
+      iter->set("loop", loop);
+    }
+    Flow f = exec_body(s.bodies[0], iter);
     if (f == Flow::Break) break;
   }
 }
 
-const ScopePtr& Interp::with_loop(const ScopePtr& iter, const std::vector<Value>& items, size_t i) {
-  const size_t n = items.size();
-  {
-    const int64_t idx = static_cast<int64_t>(i), len = static_cast<int64_t>(n);
-    std::vector<std::pair<Value, Value>> loop;
-    loop.reserve(12);
-    loop.emplace_back(Value::string("index"), Value::integer(idx + 1));
-    loop.emplace_back(Value::string("index0"), Value::integer(idx));
-    loop.emplace_back(Value::string("revindex"), Value::integer(len - idx));
-    loop.emplace_back(Value::string("revindex0"), Value::integer(len - idx - 1));
-    loop.emplace_back(Value::string("first"), Value::boolean(i == 0));
-    loop.emplace_back(Value::string("last"), Value::boolean(i + 1 == n));
-    loop.emplace_back(Value::string("length"), Value::integer(len));
-    loop.emplace_back(Value::string("depth"), Value::integer(1));
-    loop.emplace_back(Value::string("depth0"), Value::integer(0));
-    if (i > 0) loop.emplace_back(Value::string("previtem"), items[i - 1]);
-    if (i + 1 < n) loop.emplace_back(Value::string("nextitem"), items[i + 1]);
-    loop.emplace_back(Value::string("cycle"), Value::callable("cycle", [idx](Interp& in, CallArgs& a) -> Value {
-                        if (a.pos.empty()) in.fail("loop.cycle() needs at least one argument");
-                        return a.pos[static_cast<size_t>(idx) % a.pos.size()];
-                      }));
-    iter->set("loop", Value::dict(std::move(loop)));
+Value Interp::make_loop(const std::shared_ptr<int64_t>& index0) {
+  std::vector<std::pair<Value, Value>> loop;
+  for (const char* key : {"index", "index0", "revindex", "revindex0", "first", "last", "length", "depth", "depth0",
+                          "previtem", "nextitem"}) {
+    loop.emplace_back(Value::string(key), Value());
   }
-  return iter;
+  loop.emplace_back(Value::string("cycle"), Value::callable("cycle", [index0](Interp& in, CallArgs& a) -> Value {
+                      if (a.pos.empty()) in.fail("loop.cycle() needs at least one argument");
+                      return a.pos[static_cast<size_t>(*index0) % a.pos.size()];
+                    }));
+  return Value::dict(std::move(loop));
+}
+
+// Fills the loop object's fields for item i.
+void Interp::update_loop(const Value& loop, int64_t& index0_slot, const std::vector<Value>& items, size_t i) {
+  const int64_t idx = static_cast<int64_t>(i), len = static_cast<int64_t>(items.size());
+  index0_slot = idx;
+  DictObj& d = loop.dict_obj();
+  auto& e = d.entries;
+  e[0].second = Value::integer(idx + 1);
+  e[1].second = Value::integer(idx);
+  e[2].second = Value::integer(len - idx);
+  e[3].second = Value::integer(len - idx - 1);
+  e[4].second = Value::boolean(i == 0);
+  e[5].second = Value::boolean(idx + 1 == len);
+  e[6].second = Value::integer(len);
+  e[7].second = Value::integer(1);
+  e[8].second = Value::integer(0);
+  e[9].second = i > 0 ? items[i - 1] : Value::undefined("there is no previous item");
+  e[10].second = idx + 1 < len ? items[i + 1] : Value::undefined("there is no next item");
+  d.depth = std::max({d.depth, 1 + e[9].second.depth(), 1 + e[10].second.depth()});
 }
 
 bool Interp::uses_name(const Stmt& s, const char* name) {
@@ -407,8 +422,10 @@ void Interp::exec_set(const Stmt& s, const ScopePtr& scope) {
     return;
   }
   const Value* target = scope->lookup(s.text);
-  if (!target || !target->is_namespace()) fail("cannot assign attribute '" + s.attr + "' on non-namespace object '" + s.text + "'");
-  if (v.depth() + 1 > limits_.max_value_depth) fail("value assigned to '" + s.text + "." + s.attr + "' is nested too deeply");
+  if (!target || !target->is_namespace())
+    fail("cannot assign attribute '" + s.attr + "' on non-namespace object '" + s.text + "'");
+  if (v.depth() + 1 > limits_.max_value_depth)
+    fail("value assigned to '" + s.text + "." + s.attr + "' is nested too deeply");
   if (holds_object(*this, v, &target->dict_obj(), 0)) {
     fail("cannot assign namespace '" + s.text + "' into itself (reference cycle)");
   }
@@ -613,9 +630,9 @@ Value Interp::arith(const std::string& op, const Value& a, const Value& b) {
       return Value::integer(r);
     }
     if (nums) return Value::number(a.as_double() * b.as_double());
-    const Value* seq = (a.is_string() || a.is_list()) && (b.is_int() || b.is_bool()) ? &a
+    const Value* seq = (a.is_string() || a.is_list()) && (b.is_int() || b.is_bool())   ? &a
                        : (b.is_string() || b.is_list()) && (a.is_int() || a.is_bool()) ? &b
-                                                                                          : nullptr;
+                                                                                       : nullptr;
     if (!seq) unsupported();
     int64_t n = std::max<int64_t>(0, seq == &a ? b.as_int() : a.as_int());
     if (seq->is_string()) {
@@ -684,6 +701,8 @@ Value Interp::eval_compare(const Expr& e, const ScopePtr& scope) {
     Value right = eval(*e.args[i], scope);
     line_ = e.line;
     const std::string& op = e.ops[i];
+    if (left.is_string() && right.is_string()) charge_scan(std::min(left.str().size(), right.str().size()));
+    if (left.is_list() && right.is_list()) charge(std::min(left.items().size(), right.items().size()) / 16);
     bool r;
     if (op == "==") {
       r = equals(left, right);
@@ -766,14 +785,19 @@ Value Interp::eval_slice(const Expr& e, const ScopePtr& scope) {
 
 Value Interp::slice(const Value& v, const Value& start_v, const Value& stop_v, const Value& step_v) {
   if (v.is_undefined()) fail(undefined_message(v));
-  if (!v.is_list() && !v.is_string()) return Value::undefined(std::string("'") + type_name(v) + "' object is not subscriptable");
+  if (!v.is_list() && !v.is_string())
+    return Value::undefined(std::string("'") + type_name(v) + "' object is not subscriptable");
   for (const Value* x : {&start_v, &stop_v, &step_v}) {
     if (!x->is_none() && !x->is_int() && !x->is_bool()) {
       fail("slice indices must be integers or None, not " + std::string(type_name(*x)));
     }
   }
   std::vector<uint32_t> cps;
-  if (v.is_string()) cps = decode_utf8(v.str());
+  if (v.is_string()) {
+    charge(v.str().size() / 16);
+    charge_bytes(4 * v.str().size());
+    cps = decode_utf8(v.str());
+  }
   const int64_t n = static_cast<int64_t>(v.is_string() ? cps.size() : v.items().size());
   const int64_t step = step_v.is_none() ? 1 : step_v.as_int();
   if (step == 0) fail("slice step cannot be zero");
@@ -834,6 +858,8 @@ Value Interp::getitem(const Value& obj, const Value& key) {
       if (i >= 0 && i < n) return obj.items()[static_cast<size_t>(i)];
       return Value::undefined("'list object' has no element " + std::to_string(key.as_int()));
     }
+    charge(obj.str().size() / 16);
+    charge_bytes(4 * obj.str().size());
     std::vector<uint32_t> cps = decode_utf8(obj.str());
     const int64_t n = static_cast<int64_t>(cps.size());
     if (i < 0) i += n;
@@ -854,7 +880,7 @@ bool Interp::contains(const Value& container, const Value& item) {
     case Kind::String:
       if (item.is_undefined()) fail(undefined_message(item));
       if (!item.is_string()) fail(std::string("'in <string>' requires string as left operand, not ") + type_name(item));
-      charge(container.str().size() / 256 + 1);
+      charge_scan(container.str().size(), item.str().size() + 1);
       return container.str().find(item.str()) != std::string::npos;
     case Kind::List:
       charge(container.items().size() / 16 + 1);
@@ -877,21 +903,24 @@ std::vector<Value> Interp::iterate(const Value& v) {
       out.reserve(v.entries().size());
       for (const auto& [k, val] : v.entries()) out.push_back(k);
       break;
-    case Kind::String:
+    case Kind::String: {
+      const size_t n = utf8_length(v.str());
+      if (n > limits_.max_list_items) {
+        fail("iterating a string of " + std::to_string(n) + " characters exceeds the limit of " +
+             std::to_string(limits_.max_list_items) + " items");
+      }
+      charge_bytes(n * (sizeof(Value) + 64));
       for (uint32_t cp : decode_utf8(v.str())) {
         std::string s;
         append_utf8(s, cp);
         out.push_back(Value::string(std::move(s)));
       }
       break;
+    }
     default: fail(std::string("'") + type_name(v) + "' object is not iterable");
   }
-  uint64_t bytes = out.size() * sizeof(Value);
-  for (const Value& e : out) {
-    if (e.is_string()) bytes += e.str().size();
-  }
-  charge_bytes(bytes);
-  charge(out.size() / 16 + 1);
+  charge_bytes(out.size() * sizeof(Value));
+  charge(out.size() / (v.is_string() ? 4 : 16) + 1);
   return out;
 }
 
@@ -902,12 +931,14 @@ namespace {
 void validate_expr(const Expr* e, const std::string& source) {
   if (!e) return;
   if (e->type == ExprType::Filter && !has_filter(e->name)) {
-    throw Error(source, "chat_template",
-                "line " + std::to_string(e->line) + " col " + std::to_string(e->col) + ": unknown filter '" + e->name + "'");
+    throw Error(
+        source, "chat_template",
+        "line " + std::to_string(e->line) + " col " + std::to_string(e->col) + ": unknown filter '" + e->name + "'");
   }
   if (e->type == ExprType::Test && !has_test(e->name)) {
-    throw Error(source, "chat_template",
-                "line " + std::to_string(e->line) + " col " + std::to_string(e->col) + ": unknown test '" + e->name + "'");
+    throw Error(
+        source, "chat_template",
+        "line " + std::to_string(e->line) + " col " + std::to_string(e->col) + ": unknown test '" + e->name + "'");
   }
   validate_expr(e->a.get(), source);
   validate_expr(e->b.get(), source);

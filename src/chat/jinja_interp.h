@@ -52,7 +52,9 @@ class Interp {
   // Budget accounting; throw kite::Error when a limit is exceeded.
   void charge(uint64_t ops);
   void charge_bytes(uint64_t bytes);
-  Value make_string(std::string s);         // checks the string size limit and charges its bytes
+  // Charges a scan of n bytes for each of m positions (substring search, comparison, UTF-8 decoding).
+  void charge_scan(uint64_t n, uint64_t m = 1);
+  Value make_string(std::string s);           // checks the string size limit and charges its bytes
   Value make_list(std::vector<Value> items);  // checks item count and nesting, charges the copies
   Value make_dict(std::vector<std::pair<Value, Value>> entries, bool is_namespace = false);
   void check_string_size(uint64_t n) const;
@@ -76,8 +78,9 @@ class Interp {
   Flow exec_body(const Body& body, const ScopePtr& scope);
   Flow exec(const Stmt& s, const ScopePtr& scope);
   void exec_for(const Stmt& s, const ScopePtr& scope);
-  // Binds `loop` (index, first, last, previtem, cycle ...) for item i of items in the iteration scope.
-  const ScopePtr& with_loop(const ScopePtr& iter, const std::vector<Value>& items, size_t i);
+  // The `loop` object (index, first, last, previtem, cycle ...) of a for statement, and its update for item i.
+  Value make_loop(const std::shared_ptr<int64_t>& index0);
+  void update_loop(const Value& loop, int64_t& index0_slot, const std::vector<Value>& items, size_t i);
   // Does the body of a for loop / macro name `name` anywhere (cached per statement)?
   bool uses_name(const Stmt& s, const char* name);
   void exec_set(const Stmt& s, const ScopePtr& scope);
@@ -105,7 +108,8 @@ class Interp {
   uint64_t ops_ = 0;
   uint64_t alloc_bytes_ = 0;
   std::vector<ScopePtr> closure_scopes_;
-  std::map<std::pair<const Stmt*, std::string>, bool> uses_cache_;  // cleared at the end to break macro <-> scope reference cycles
+  std::map<std::pair<const Stmt*, std::string>, bool>
+      uses_cache_;  // cleared at the end to break macro <-> scope reference cycles
 };
 
 // Throws kite::Error naming the line and column of the first unknown filter or test.

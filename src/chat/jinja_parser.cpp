@@ -56,7 +56,9 @@ class Locator {
     return static_cast<int>(std::upper_bound(starts_.begin(), starts_.end(), pos) - starts_.begin());
   }
   int col(size_t pos) const { return static_cast<int>(pos - starts_[line(pos) - 1]) + 1; }
-  std::string where(size_t pos) const { return "line " + std::to_string(line(pos)) + " col " + std::to_string(col(pos)); }
+  std::string where(size_t pos) const {
+    return "line " + std::to_string(line(pos)) + " col " + std::to_string(col(pos));
+  }
 
  private:
   std::vector<size_t> starts_;
@@ -64,7 +66,8 @@ class Locator {
 
 class Lexer {
  public:
-  Lexer(const std::string& src, const Locator& loc, const std::string& source) : src_(src), loc_(loc), source_(source) {}
+  Lexer(const std::string& src, const Locator& loc, const std::string& source)
+      : src_(src), loc_(loc), source_(source) {}
 
   std::vector<Token> run() {
     size_t pos = 0, n = src_.size();
@@ -260,7 +263,10 @@ class Lexer {
           uint32_t cp = 0;
           for (int k = 0; k < digits; ++k, ++p) {
             char h = p < n ? src_[p] : 0;
-            int d = is_digit(h) ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10 : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+            int d = is_digit(h)              ? h - '0'
+                    : (h >= 'a' && h <= 'f') ? h - 'a' + 10
+                    : (h >= 'A' && h <= 'F') ? h - 'A' + 10
+                                             : -1;
             if (d < 0) fail(p, std::string("truncated \\") + e + " escape in string literal");
             cp = cp * 16 + static_cast<uint32_t>(d);
           }
@@ -469,11 +475,12 @@ class Parser {
           advance();
           return advance().text;
         }
-        static const std::set<std::string> closers = {"endif",  "elif",   "else",       "endfor",       "endset",
+        static const std::set<std::string> closers = {"endif",    "elif",    "else",      "endfor",        "endset",
                                                       "endmacro", "endcall", "endfilter", "endgeneration", "endraw"};
         if (closers.count(kw.text)) {
           std::string msg = "unexpected '" + kw.text + "'";
-          if (!ends.empty()) msg += "; the innermost open block is '" + std::string(opener) + "' at " + loc_.where(open_pos);
+          if (!ends.empty())
+            msg += "; the innermost open block is '" + std::string(opener) + "' at " + loc_.where(open_pos);
           fail_at(kw.pos, msg);
         }
         size_t pos = t.pos;
@@ -719,9 +726,8 @@ class Parser {
     ExprPtr cmp;
     while (true) {
       std::string op;
-      if (cur().type == Tok::Op &&
-          (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == ">" || cur().text == "<=" ||
-           cur().text == ">=")) {
+      if (cur().type == Tok::Op && (cur().text == "==" || cur().text == "!=" || cur().text == "<" ||
+                                    cur().text == ">" || cur().text == "<=" || cur().text == ">=")) {
         op = advance().text;
       } else if (is_name("in")) {
         advance();

@@ -97,7 +97,8 @@ std::string json_key(const Value& k) {
     case Kind::Float: return json_float(k.as_double());
     case Kind::Bool: return k.as_bool() ? "true" : "false";
     case Kind::None: return "null";
-    default: throw std::invalid_argument(std::string("keys must be str, int, float, bool or None, not ") + type_name(k));
+    default:
+      throw std::invalid_argument(std::string("keys must be str, int, float, bool or None, not ") + type_name(k));
   }
 }
 
@@ -133,7 +134,8 @@ void json_value(std::string& out, const Value& v, const JsonOptions& opt, int le
         return;
       }
       if (opt.sort_keys) {
-        std::stable_sort(entries.begin(), entries.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+        std::stable_sort(entries.begin(), entries.end(),
+                         [](const auto& x, const auto& y) { return x.first < y.first; });
       }
       out += '{';
       for (size_t i = 0; i < entries.size(); ++i) {
@@ -157,7 +159,7 @@ void json_value(std::string& out, const Value& v, const JsonOptions& opt, int le
 
 Value Value::undefined(std::string hint) {
   Value v;
-  v.s_ = std::move(hint);
+  if (!hint.empty()) v.s_ = std::make_shared<const std::string>(std::move(hint));
   return v;
 }
 
@@ -192,7 +194,7 @@ Value Value::number(double f) {
 Value Value::string(std::string s) {
   Value v;
   v.kind_ = Kind::String;
-  v.s_ = std::move(s);
+  v.s_ = std::make_shared<const std::string>(std::move(s));
   return v;
 }
 
@@ -227,7 +229,8 @@ Value Value::callable(std::string name, NativeFn fn) {
   return v;
 }
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
+Value Value::from_json(const nlohmann::ordered_json& j, int max_depth) {
+  if ((j.is_array() || j.is_object()) && max_depth <= 0) throw std::length_error("JSON nested too deeply");
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null: return none();
     case nlohmann::ordered_json::value_t::boolean: return boolean(j.get<bool>());
@@ -242,17 +245,23 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::array: {
       std::vector<Value> items;
       items.reserve(j.size());
-      for (const auto& e : j) items.push_back(from_json(e));
+      for (const auto& e : j) items.push_back(from_json(e, max_depth - 1));
       return list(std::move(items));
     }
     case nlohmann::ordered_json::value_t::object: {
       std::vector<std::pair<Value, Value>> entries;
       entries.reserve(j.size());
-      for (auto it = j.begin(); it != j.end(); ++it) entries.emplace_back(string(it.key()), from_json(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it)
+        entries.emplace_back(string(it.key()), from_json(it.value(), max_depth - 1));
       return dict(std::move(entries));
     }
     default: return none();  // binary / discarded: not produced by JSON text
   }
+}
+
+const std::string& Value::str() const {
+  static const std::string empty;
+  return s_ ? *s_ : empty;
 }
 
 double Value::as_double() const { return kind_ == Kind::Float ? f_ : static_cast<double>(i_); }
@@ -278,7 +287,7 @@ const Value* Value::find(const Value& key) const {
 const Value* Value::find(const std::string& key) const {
   if (!dict_) return nullptr;
   for (const auto& [k, v] : dict_->entries) {
-    if (k.kind_ == Kind::String && k.s_ == key) return &v;
+    if (k.kind_ == Kind::String && k.str() == key) return &v;
   }
   return nullptr;
 }
@@ -290,7 +299,7 @@ bool Value::truthy() const {
     case Kind::Bool:
     case Kind::Int: return i_ != 0;
     case Kind::Float: return f_ != 0;
-    case Kind::String: return !s_.empty();
+    case Kind::String: return !str().empty();
     case Kind::List: return !list_->items.empty();
     case Kind::Dict: return !dict_->entries.empty();
     case Kind::Namespace:
@@ -434,6 +443,7 @@ bool equals(const Value& a, const Value& b) {
     case Kind::None: return true;
     case Kind::String: return a.str() == b.str();
     case Kind::List: {
+      if (a.same_object(b)) return true;
       const auto& x = a.items();
       const auto& y = b.items();
       if (x.size() != y.size()) return false;
@@ -443,6 +453,7 @@ bool equals(const Value& a, const Value& b) {
       return true;
     }
     case Kind::Dict: {
+      if (a.same_object(b)) return true;
       if (a.entries().size() != b.entries().size()) return false;
       for (const auto& [k, v] : a.entries()) {
         const Value* o = b.find(k);
@@ -533,12 +544,32 @@ void append_utf8(std::string& out, uint32_t cp) {
   }
 }
 
-size_t utf8_length(const std::string& s) { return decode_utf8(s).size(); }
+size_t utf8_length(const std::string& s) {
+  // Same rule as decode_utf8 (an invalid byte counts as one U+FFFD) without building the vector.
+  size_t count = 0, i = 0, n = s.size();
+  while (i < n) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+    bool ok = len > 0 && i + len <= n;
+    for (int k = 1; ok && k < len; ++k) {
+      unsigned char cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) ok = false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if (ok && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+               (cp >= 0xd800 && cp < 0xe000))) {
+      ok = false;
+    }
+    i += ok ? len : 1;
+    ++count;
+  }
+  return count;
+}
 
 bool is_py_space(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x20) || cp == 0x85 || cp == 0xa0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f ||
-         cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000;
 }
 
 }  // namespace kite::jinja

@@ -41,9 +41,9 @@ std::string E(const std::string& tmpl, const json& vars = json::object()) {
   return "";
 }
 
-#define EXPECT_ERROR_HAS(tmpl, needle)                                     \
-  do {                                                                     \
-    std::string msg_ = E(tmpl);                                            \
+#define EXPECT_ERROR_HAS(tmpl, needle)                                      \
+  do {                                                                      \
+    std::string msg_ = E(tmpl);                                             \
     EXPECT_NE(msg_.find(needle), std::string::npos) << "message: " << msg_; \
   } while (0)
 
@@ -99,8 +99,8 @@ TEST(ChatTemplateFixtures, MatchHuggingFaceRenders) {
     }
     const ChatTemplate& t = *templates[name];
     const bool agp = e["add_generation_prompt"].get<bool>();
-    SCOPED_TRACE(name + " " + e["messages"].dump() + " agp=" + (agp ? "true" : "false") + " extra=" +
-                 e["extra_context"].dump());
+    SCOPED_TRACE(name + " " + e["messages"].dump() + " agp=" + (agp ? "true" : "false") +
+                 " extra=" + e["extra_context"].dump());
     if (e.contains("output")) {
       ++outputs;
       EXPECT_EQ(t.render_json(e["messages"], agp, e["extra_context"]), e["output"].get<std::string>());
@@ -212,7 +212,8 @@ TEST(LoadChatTemplate, BadConfigNamesFileAndField) {
     EXPECT_EQ(e.source(), d.path() + "/tokenizer_config.json");
     EXPECT_EQ(e.field(), "chat_template");
   }
-  d.write("tokenizer_config.json", R"({"chat_template": [{"name": "a", "template": "x"}, {"name": "b", "template": "y"}]})");
+  d.write("tokenizer_config.json",
+          R"({"chat_template": [{"name": "a", "template": "x"}, {"name": "b", "template": "y"}]})");
   EXPECT_THROW(load_chat_template(d.path()), Error);
   d.write("tokenizer_config.json", "{not json");
   EXPECT_THROW(load_chat_template(d.path()), Error);
@@ -224,9 +225,31 @@ TEST(ChatTemplateApi, RenderJsonRejectsNonArrayMessages) {
   EXPECT_THROW(t.render_json(json::array(), false, json::array()), Error);
 }
 
+TEST(ChatTemplateApi, RejectsDeepJsonAndReservedContextKeys) {
+  ChatTemplate t("{{ messages | length }}", "", "");
+  json deep = json::array();
+  for (int i = 0; i < 10000; ++i) deep = json::array({deep});
+  try {
+    t.render_json(json::array({deep}), false);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.field(), "messages");
+  }
+  EXPECT_THROW(t.render_json(json::array(), false, json{{"x", deep}}), Error);
+  EXPECT_THROW(t.render_json(json::array(), false, json{{"messages", json::array()}}), Error);
+  EXPECT_THROW(t.render_json(json::array(), false, json{{"add_generation_prompt", true}}), Error);
+  // Messages carry arbitrary JSON (tool calls, non-string content) in key order.
+  ChatTemplate u("{% for m in messages %}{{ m.content }}|{{ m.tool_calls[0].function.arguments | tojson }}{% endfor %}",
+                 "", "");
+  json msgs = json::parse(R"([{"role": "assistant", "content": null,
+    "tool_calls": [{"function": {"name": "f", "arguments": {"b": 1, "a": [1.5, "x"]}}}]}])");
+  EXPECT_EQ(u.render_json(msgs, false), "None|{\"b\": 1, \"a\": [1.5, \"x\"]}");
+}
+
 TEST(ChatTemplateApi, DefaultVariables) {
-  ChatTemplate t("{{ tools is none }}{{ tools is defined }}{{ add_generation_prompt }}{{ messages | length }}{{ bos_token }}",
-                 "<s>", "</s>");
+  ChatTemplate t(
+      "{{ tools is none }}{{ tools is defined }}{{ add_generation_prompt }}{{ messages | length }}{{ bos_token }}",
+      "<s>", "</s>");
   EXPECT_EQ(t.render({{"user", "a"}}, true), "TrueTrueTrue1<s>");
   EXPECT_EQ(t.render({}, false, json{{"tools", json::array({1})}}), "FalseTrueFalse0<s>");
 }
@@ -268,8 +291,9 @@ TEST(Jinja, ComparisonsAndLogic) {
   EXPECT_EQ(R("{{ 'abc' < 'abd' }}{{ [1, 2] < [1, 3] }}{{ {'a': 1, 'b': 2} == {'b': 2, 'a': 1} }}"), "TrueTrueTrue");
   EXPECT_EQ(R("{{ 0 or 'x' }} {{ 1 and 'y' }} {{ none or [] }} {{ not 0 }} {{ not 'a' }}|{{ 'a' if false }}|"),
             "x y [] True False||");
-  EXPECT_EQ(R("{{ 'yes' if 1 > 0 else 'no' }} {{ 'yes' if [] else 'no' }} {{ 'a' if false else 'b' if true else 'c' }}"),
-            "yes no b");
+  EXPECT_EQ(
+      R("{{ 'yes' if 1 > 0 else 'no' }} {{ 'yes' if [] else 'no' }} {{ 'a' if false else 'b' if true else 'c' }}"),
+      "yes no b");
   EXPECT_EQ(R("{{ undefined_var == undefined_var }}{{ undefined_var == none }}"), "TrueFalse");
   EXPECT_ERROR_HAS("{{ 1 < 'a' }}", "'<' not supported between instances of 'int' and 'str'");
   EXPECT_ERROR_HAS("{{ 1 in 2 }}", "argument of type 'int' is not iterable");
@@ -369,8 +393,9 @@ TEST(Jinja, SetBlockFilterBlockMacroCall) {
             "<b>inner</b>");
   EXPECT_EQ(R("{% macro row(x) %}[{{ caller(x * 2) }}]{% endmacro %}{% call(v) row(4) %}v={{ v }}{% endcall %}"),
             "[v=8]");
-  EXPECT_EQ(R("{% macro f(n) %}{% if n <= 1 %}1{% else %}{{ n * (f(n - 1) | int) }}{% endif %}{% endmacro %}{{ f(5) }}"),
-            "120");
+  EXPECT_EQ(
+      R("{% macro f(n) %}{% if n <= 1 %}1{% else %}{{ n * (f(n - 1) | int) }}{% endif %}{% endmacro %}{{ f(5) }}"),
+      "120");
   EXPECT_EQ(R("{% macro m(a) %}{{ a }}:{{ varargs | join(',') }}:{{ kwargs.k }}{% endmacro %}{{ m(1, 2, 3, k='v') }}"),
             "1:2,3:v");
   EXPECT_EQ(R("{% macro m(a, b) %}{{ a }}{{ b is defined }}{% endmacro %}{{ m(1) }}"), "1False");
@@ -390,15 +415,17 @@ TEST(Jinja, AttributeItemAndSlices) {
             "|False|False|False");
   EXPECT_EQ(R("{{ [1, 2, 3, 4][1:] }} {{ [1, 2, 3, 4][::-1] }} {{ [1, 2, 3][:-1] }} {{ [1, 2, 3, 4, 5][::2] }}"),
             "[2, 3, 4] [4, 3, 2, 1] [1, 2] [1, 3, 5]");
-  EXPECT_EQ(R("{{ 'hello'[1:3] }} {{ 'hello'[-1] }} {{ 'h\xc3\xa9llo'[::-1] }} {{ 'h\xc3\xa9llo'[1] }} {{ 'abc'[5:] }}|"),
-            "el o oll\xc3\xa9h \xc3\xa9 |");
+  EXPECT_EQ(
+      R("{{ 'hello'[1:3] }} {{ 'hello'[-1] }} {{ 'h\xc3\xa9llo'[::-1] }} {{ 'h\xc3\xa9llo'[1] }} {{ 'abc'[5:] }}|"),
+      "el o oll\xc3\xa9h \xc3\xa9 |");
   EXPECT_EQ(R("{{ [1, 2, 3][-100:100] }} {{ [1, 2, 3][2:0:-1] }} {{ [1, 2, 3][10:] }}"), "[1, 2, 3] [3, 2] []");
   EXPECT_ERROR_HAS("{{ [1][::0] }}", "slice step cannot be zero");
 }
 
 TEST(Jinja, UndefinedSemantics) {
-  EXPECT_EQ(R("{{ x }}|{{ x | length }}|{% for a in x %}a{% endfor %}|{{ x is none }}|{{ not x }}|{{ x | default('d') }}"),
-            "|0||False|True|d");
+  EXPECT_EQ(
+      R("{{ x }}|{{ x | length }}|{% for a in x %}a{% endfor %}|{{ x is none }}|{{ not x }}|{{ x | default('d') }}"),
+      "|0||False|True|d");
   EXPECT_EQ(R("{{ x | trim }}|{{ x | string }}|{{ x | list }}|{{ x | join(',') }}|{{ 'a' in x }}"), "||[]||False");
   EXPECT_ERROR_HAS("{{ x.y }}", "'x' is undefined");
   EXPECT_ERROR_HAS("{{ x['y'] }}", "'x' is undefined");
@@ -417,9 +444,10 @@ TEST(Jinja, Tests) {
   EXPECT_EQ(R("{{ {} is mapping }}{{ [] is mapping }}{{ [] is iterable }}{{ 'a' is iterable }}{{ 1 is iterable }}"
               "{{ [] is sequence }}"),
             "TrueFalseTrueTrueFalseTrue");
-  EXPECT_EQ(R("{{ true is true }}{{ 1 is true }}{{ false is false }}{{ 4 is even }}{{ 3 is odd }}{{ 6 is divisibleby 3 }}"
-              "{{ 7 is divisibleby(3) }}"),
-            "TrueFalseTrueTrueTrueTrueFalse");
+  EXPECT_EQ(
+      R("{{ true is true }}{{ 1 is true }}{{ false is false }}{{ 4 is even }}{{ 3 is odd }}{{ 6 is divisibleby 3 }}"
+        "{{ 7 is divisibleby(3) }}"),
+      "TrueFalseTrueTrueTrueTrueFalse");
   EXPECT_EQ(R("{{ 1 is eq 1 }}{{ 1 is equalto 2 }}{{ 1 is ne 2 }}{{ 2 is gt 1 }}{{ 2 is lt 1 }}{{ 2 is in [1, 2] }}"
               "{{ 'ab' is lower }}{{ 'AB' is upper }}{{ range is callable }}"),
             "TrueFalseTrueTrueFalseTrueTrueTrueTrue");
@@ -432,7 +460,8 @@ TEST(Jinja, Tests) {
 TEST(Jinja, StringFilters) {
   EXPECT_EQ(R("[{{ '  a b \n' | trim }}] [{{ 'xxaxx' | trim('x') }}] {{ 'aBc' | upper }} {{ 'aBc' | lower }}"),
             "[a b] [a] ABC abc");
-  EXPECT_EQ(R("{{ 'hello world-foo(bar' | title }} {{ 'hELLO wORLD' | capitalize }}"), "Hello World-Foo(Bar Hello world");
+  EXPECT_EQ(R("{{ 'hello world-foo(bar' | title }} {{ 'hELLO wORLD' | capitalize }}"),
+            "Hello World-Foo(Bar Hello world");
   EXPECT_EQ(R("{{ 'aaa' | replace('a', 'b') }} {{ 'aaa' | replace('a', 'b', 2) }} {{ 'ab' | replace('', '-') }}"),
             "bbb bba -a-b-");
   EXPECT_EQ(R("{{ '<a href=\"x\">&\\'' | e }} {{ '<b>' | escape }} {{ '<b>' | safe }}"),
@@ -459,7 +488,8 @@ TEST(Jinja, ConversionFilters) {
 }
 
 TEST(Jinja, SequenceFilters) {
-  EXPECT_EQ(R("{{ [1, 2] | join }} {{ [1, 2] | join(', ') }} {{ [3, 1] | first }} {{ [3, 1] | last }} {{ [] | first is defined }}"),
+  EXPECT_EQ(R("{{ [1, 2] | join }} {{ [1, 2] | join(', ') }} {{ [3, 1] | first }} {{ [3, 1] | last }} {{ [] | first is "
+              "defined }}"),
             "12 1, 2 3 1 False");
   EXPECT_EQ(R("{{ [3, 1, 2] | sort }} {{ ['b', 'A', 'c'] | sort }} {{ ['b', 'A', 'c'] | sort(case_sensitive=true) }} "
               "{{ [1, 3, 2] | sort(reverse=true) }}"),
@@ -475,7 +505,8 @@ TEST(Jinja, SequenceFilters) {
                                           {{"name", "cy"}, {"age", 40}, {"role", "user"}, {"extra", true}}})}};
   EXPECT_EQ(R("{{ p | map(attribute='name') | join(',') }}", people), "ann,bob,cy");
   EXPECT_EQ(R("{{ p | map(attribute='extra', default='-') | list }}", people), "['-', '-', True]");
-  EXPECT_EQ(R("{{ p | selectattr('role', 'equalto', 'user') | map(attribute='name') | list }}", people), "['ann', 'cy']");
+  EXPECT_EQ(R("{{ p | selectattr('role', 'equalto', 'user') | map(attribute='name') | list }}", people),
+            "['ann', 'cy']");
   EXPECT_EQ(R("{{ p | rejectattr('role', '==', 'user') | map(attribute='name') | first }}", people), "bob");
   EXPECT_EQ(R("{{ p | selectattr('extra') | list | length }} {{ p | selectattr('extra', 'defined') | list | length }}",
               people),
@@ -506,12 +537,14 @@ TEST(Jinja, StringMethods) {
   EXPECT_EQ(R("{{ '  hi  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ '  hi'.lstrip() }}|{{ 'hi  '.rstrip() }}|"
               "{{ '\\n\\nhi\\n'.lstrip('\\n') }}|{{ '\\u00a0x\\u3000'.strip() }}"),
             "hi|hi|hi|hi|hi\n|x");
-  EXPECT_EQ(R("{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a.b.c'.rsplit('.', 1) }}"),
-            "['a', 'b', '', 'c'] ['a', 'b'] ['a', 'b c'] ['a.b', 'c']");
+  EXPECT_EQ(
+      R("{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a.b.c'.rsplit('.', 1) }}"),
+      "['a', 'b', '', 'c'] ['a', 'b'] ['a', 'b c'] ['a.b', 'c']");
   EXPECT_EQ(R("{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith(('x', 'c')) }}{{ 'abc'.startswith('b') }}"),
             "TrueTrueFalse");
-  EXPECT_EQ(R("{{ 'Hello'.upper() }} {{ 'Hello'.lower() }} {{ 'a-b'.replace('-', '+') }} {{ \"they're bill's\".title() }}"),
-            "HELLO hello a+b They'Re Bill'S");
+  EXPECT_EQ(
+      R("{{ 'Hello'.upper() }} {{ 'Hello'.lower() }} {{ 'a-b'.replace('-', '+') }} {{ \"they're bill's\".title() }}"),
+      "HELLO hello a+b They'Re Bill'S");
   EXPECT_EQ(R("{{ 'abcabc'.find('c') }} {{ 'abc'.find('z') }} {{ 'abcabc'.rfind('a') }} {{ 'abcabc'.count('bc') }} "
               "{{ '-'.join(['a', 'b']) }} {{ '12'.isdigit() }} {{ 'a1'.isalpha() }}"),
             "2 -1 3 2 a-b True False");

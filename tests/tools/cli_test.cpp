@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/mapped_file.h"
+#include "model/generation.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -47,6 +49,27 @@ TEST(Cli, GenerateStreamsTheGreedyReference) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out, g["text"].get<std::string>() + "\n");
   EXPECT_NE(r.err.find("tok/s"), std::string::npos);
+}
+
+TEST(Cli, ChatUsesTheModelsTemplate) {
+  // reference.json's chat[0] is "Hello!" rendered by HF with the model's template.
+  auto ref = nlohmann::json::parse(kite::read_text_file(kModel + "/reference.json"));
+  std::vector<int32_t> ids = ref["chat"][0]["ids"].get<std::vector<int32_t>>();
+  auto model = kite::load_model(kModel);
+  auto tok = kite::Tokenizer::load(kModel);
+  kite::GenerateOptions opt;
+  opt.max_tokens = 12;
+  opt.sampling.temperature = 0;
+  opt.stop_ids = {2};
+  std::vector<int32_t> all = ids;
+  kite::generate(*model, ids, opt, [&](int32_t t) {
+    if (t != 2) all.push_back(t);
+    return true;
+  });
+  std::string expected = tok->decode(all).substr(tok->decode(ids).size());
+  Result r = run("generate --chat --model " + kModel + " --prompt 'Hello!' --max-tokens 12");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, expected + "\n");
 }
 
 TEST(Cli, PplPrintsValueLast) {

@@ -1,5 +1,6 @@
 #include "backend/cpu/cpu_backend.h"
 
+#include <cpuid.h>
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -13,11 +14,17 @@ namespace kite::cpu {
 
 namespace {
 
+// F16C (CPUID leaf 1, ECX bit 29): queried directly because clang 14's
+// __builtin_cpu_supports does not know "f16c".
+bool has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
+}
+
 SimdLevel detect_hardware() {
   SimdLevel best = SimdLevel::Scalar;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    best = SimdLevel::Avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c()) best = SimdLevel::Avx2;
   if (best == SimdLevel::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     best = SimdLevel::Avx512;

@@ -1,0 +1,147 @@
+// Loading a model from GGUF: the tiny Llama fixture written as GGUF the way
+// llama.cpp's converter lays it out (Q/K rows permuted for interleaved
+// rotary, F32/F16 tensors) must give the same logits as its safetensors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "formats/gguf_builder.h"
+#include "formats/safetensors.h"
+#include "model/generation.h"
+
+namespace kite {
+namespace {
+
+const std::string kLlama = std::string(KITE_FIXTURES_DIR) + "/models/llama";
+
+// rows [n_head, 2, hd/2] -> [n_head, hd/2, 2], as llama.cpp's converter does.
+std::vector<float> permute_qk(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t n_head) {
+  std::vector<float> out(w.size());
+  const int64_t hd = rows / n_head;
+  for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t two = 0; two < 2; ++two)
+      for (int64_t i = 0; i < hd / 2; ++i)
+        std::copy_n(w.data() + (h * hd + two * hd / 2 + i) * cols, cols, out.data() + (h * hd + i * 2 + two) * cols);
+  return out;
+}
+
+std::string write_llama_gguf(GgmlType weight_type) {
+  Checkpoint ck = Checkpoint::open(kLlama);
+  ModelConfig c = load_model_config(kLlama);
+  test::GgufBuilder b;
+  b.kv_string("general.architecture", "llama");
+  b.kv<uint32_t>("llama.block_count", GgufValueType::U32, uint32_t(c.num_layers));
+  b.kv<uint32_t>("llama.embedding_length", GgufValueType::U32, uint32_t(c.hidden_size));
+  b.kv<uint32_t>("llama.feed_forward_length", GgufValueType::U32, uint32_t(c.intermediate_size));
+  b.kv<uint32_t>("llama.attention.head_count", GgufValueType::U32, uint32_t(c.num_heads));
+  b.kv<uint32_t>("llama.attention.head_count_kv", GgufValueType::U32, uint32_t(c.num_kv_heads));
+  b.kv<float>("llama.attention.layer_norm_rms_epsilon", GgufValueType::F32, float(c.rms_norm_eps));
+  b.kv<float>("llama.rope.freq_base", GgufValueType::F32, float(c.rope_theta));
+  b.kv<uint32_t>("llama.context_length", GgufValueType::U32, uint32_t(c.max_position_embeddings));
+  b.kv<uint32_t>("llama.vocab_size", GgufValueType::U32, uint32_t(c.vocab_size));
+  auto add = [&](const std::string& hf, const std::string& gg, int64_t permute_heads) {
+    Tensor t = ck.get(hf);
+    std::vector<float> v = t.to_floats();
+    if (permute_heads) v = permute_qk(v, t.dim(0), t.dim(1), permute_heads);
+    std::vector<uint64_t> ne(t.shape().rbegin(), t.shape().rend());  // ggml order
+    const bool half = t.ndim() == 2 && weight_type == GgmlType::F16;
+    std::string bytes;
+    for (float x : v) {
+      if (half) {
+        uint16_t h = f32_to_f16(x);
+        bytes.append(reinterpret_cast<const char*>(&h), 2);
+      } else {
+        bytes.append(reinterpret_cast<const char*>(&x), 4);
+      }
+    }
+    b.tensor(gg, half ? GgmlType::F16 : GgmlType::F32, ne, bytes);
+  };
+  add("model.embed_tokens.weight", "token_embd.weight", 0);
+  add("model.norm.weight", "output_norm.weight", 0);
+  add("lm_head.weight", "output.weight", 0);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".", g = "blk." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", g + "attn_norm.weight", 0);
+    add(p + "post_attention_layernorm.weight", g + "ffn_norm.weight", 0);
+    add(p + "self_attn.q_proj.weight", g + "attn_q.weight", c.num_heads);
+    add(p + "self_attn.k_proj.weight", g + "attn_k.weight", c.num_kv_heads);
+    add(p + "self_attn.v_proj.weight", g + "attn_v.weight", 0);
+    add(p + "self_attn.o_proj.weight", g + "attn_output.weight", 0);
+    add(p + "mlp.gate_proj.weight", g + "ffn_gate.weight", 0);
+    add(p + "mlp.up_proj.weight", g + "ffn_up.weight", 0);
+    add(p + "mlp.down_proj.weight", g + "ffn_down.weight", 0);
+  }
+  std::string path = (std::filesystem::temp_directory_path() /
+                      ("kite_llama_" + std::to_string(::getpid()) + "_" + std::to_string(int(weight_type)) + ".gguf"))
+                         .string();
+  std::ofstream(path, std::ios::binary) << b.build();
+  return path;
+}
+
+std::vector<float> last_logits(Model& m, const std::vector<int32_t>& ids) {
+  KvCache cache(m.config(), int64_t(ids.size()));
+  return m.forward(ids, cache, false).to_floats();
+}
+
+TEST(GgufModel, F32GgufMatchesSafetensors) {
+  std::string path = write_llama_gguf(GgmlType::F32);
+  auto from_st = load_model(kLlama);
+  auto from_gguf = load_model(path);
+  std::filesystem::remove(path);
+  EXPECT_EQ(from_gguf->config().num_layers, from_st->config().num_layers);
+  std::vector<int32_t> ids = {1, 17, 42, 99, 5, 200, 31, 64};
+  auto a = last_logits(*from_st, ids), b = last_logits(*from_gguf, ids);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << i;
+}
+
+TEST(GgufModel, F16GgufIsCloseToSafetensors) {
+  std::string path = write_llama_gguf(GgmlType::F16);
+  auto from_st = load_model(kLlama);
+  auto from_gguf = load_model(path);
+  std::filesystem::remove(path);
+  std::vector<int32_t> ids = {1, 17, 42, 99, 5, 200, 31, 64};
+  auto a = last_logits(*from_st, ids), b = last_logits(*from_gguf, ids);
+  double max_err = 0, max_ref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_err = std::max(max_err, double(std::fabs(a[i] - b[i])));
+    max_ref = std::max(max_ref, double(std::fabs(a[i])));
+  }
+  // F16 weights: ~2^-11 relative rounding per weight.
+  EXPECT_LT(max_err / max_ref, 5e-3);
+  EXPECT_GT(max_err, 0.0);  // really ran on the F16 copies
+}
+
+TEST(ModelLoading, ShapeThatDisagreesWithConfigNamesFileAndTensor) {
+  auto dir = std::filesystem::temp_directory_path() / ("kite_badshape_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kLlama + "/model.safetensors", dir / "model.safetensors");
+  std::string cfg = read_text_file(kLlama + "/config.json");
+  auto pos = cfg.find("\"intermediate_size\": 128");
+  ASSERT_NE(pos, std::string::npos) << cfg;
+  cfg.replace(pos, std::strlen("\"intermediate_size\": 128"), "\"intermediate_size\": 96");
+  std::ofstream(dir / "config.json") << cfg;
+  try {
+    load_model(dir.string());
+    FAIL() << "mis-shaped checkpoint loaded";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("mlp.gate_proj.weight"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("[96, 64]"), std::string::npos) << msg;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ModelLoading, MissingPathAndWrongFileAreErrors) {
+  EXPECT_THROW(load_model("/nonexistent/model"), Error);
+  EXPECT_THROW(load_model(kLlama + "/reference.json"), Error);
+}
+
+}  // namespace
+}  // namespace kite
