@@ -34,6 +34,9 @@ int initial_threads() {
 constexpr int kIndexBits = 24;
 constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
 constexpr int64_t kMaxChunks = int64_t(kIndexMask);
+// Two chunks per thread: room for running threads to take over a stalled
+// one's share, few enough claims to keep each thread on contiguous rows.
+constexpr int64_t kChunksPerThread = 2;
 
 uint64_t pack(uint64_t epoch, uint64_t total, uint64_t next) {
   return (epoch & 0xffff) << (2 * kIndexBits) | (total & kIndexMask) << kIndexBits | (next & kIndexMask);
@@ -150,8 +153,7 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
     fn(0, n);
     return;
   }
-  // A few chunks per thread so running threads can take over a stalled one's share.
-  const int64_t chunks = std::min({max_chunks, int64_t(g_threads) * 4, kMaxChunks});
+  const int64_t chunks = std::min({max_chunks, int64_t(g_threads) * kChunksPerThread, kMaxChunks});
   t_inside = true;
   struct Reset {
     ~Reset() { t_inside = false; }

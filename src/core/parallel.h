@@ -1,13 +1,14 @@
 #pragma once
-// CPU parallelism: a fork-join parallel_for over an index range (OpenMP
-// underneath). Kernels split work with it; nothing else starts threads.
+// CPU parallelism: parallel_for over an index range on Kite's own thread
+// pool (parallel.cpp says why not OpenMP). Kernels split work with it;
+// nothing else starts threads.
 #include <cstdint>
 #include <functional>
 
 namespace kite {
 
-// Number of worker threads used by parallel_for (default: hardware threads,
-// or KITE_NUM_THREADS / OMP_NUM_THREADS when set).
+// Number of threads used by parallel_for, the caller included (default:
+// hardware threads, or KITE_NUM_THREADS / OMP_NUM_THREADS when set).
 int num_threads();
 void set_num_threads(int n);
 

@@ -37,8 +37,12 @@ TEST(DType, F16RoundsToNearestEven) {
     if (std::isinf(y)) continue;
     // No other f16 is closer.
     float up = f16_to_f32(uint16_t(h + 1)), down = f16_to_f32(uint16_t(h - 1));
-    if (!std::isnan(up) && !std::isinf(up)) EXPECT_LE(std::fabs(y - x), std::fabs(up - x) + 0.0f) << x;
-    if ((h & 0x7fff) != 0 && !std::isnan(down)) EXPECT_LE(std::fabs(y - x), std::fabs(down - x)) << x;
+    if (!std::isnan(up) && !std::isinf(up)) {
+      EXPECT_LE(std::fabs(y - x), std::fabs(up - x)) << x;
+    }
+    if ((h & 0x7fff) != 0 && !std::isnan(down)) {
+      EXPECT_LE(std::fabs(y - x), std::fabs(down - x)) << x;
+    }
   }
 }
 

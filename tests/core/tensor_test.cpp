@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+
 #include "core/error.h"
 #include "core/parallel.h"
 
@@ -74,6 +76,28 @@ TEST(Parallel, CoversRangeExactlyOnce) {
     EXPECT_EQ(e, 5);
   });
   EXPECT_EQ(calls, 1);
+}
+
+TEST(Parallel, ManyJobsNestedCallsAndThreadCounts) {
+  const int saved = num_threads();
+  for (int threads : {1, 2, 3, 8}) {
+    set_num_threads(threads);
+    for (int job = 0; job < 2000; ++job) {
+      const int64_t n = 1 + job % 97;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      parallel_for(n, 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          // A nested call (inline inside a pool job) still covers its range once.
+          std::atomic<int64_t> covered{0};
+          parallel_for(3, 1, [&](int64_t nb, int64_t ne) { covered += ne - nb; });
+          EXPECT_EQ(covered.load(), 3);
+          hits[size_t(i)].fetch_add(1);
+        }
+      });
+      for (auto& h : hits) ASSERT_EQ(h.load(), 1) << "threads " << threads << " job " << job;
+    }
+  }
+  set_num_threads(saved);
 }
 
 TEST(Errors, MessageNamesSourceAndField) {
