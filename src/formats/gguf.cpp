@@ -185,13 +185,7 @@ std::string gguf_value_type_name(GgufValueType t) {
 
 std::shared_ptr<GgufFile> GgufFile::open(const std::string& path) {
   std::shared_ptr<MappedFile> mf = MappedFile::open(path);
-  std::shared_ptr<GgufFile> f(new GgufFile());
-  f->path_ = path;
-  f->data_ = mf->data();
-  f->size_ = mf->size();
-  f->owner_ = mf;
-  f->parse();
-  return f;
+  return from_memory(mf->data(), mf->size(), path, mf);
 }
 
 std::shared_ptr<GgufFile> GgufFile::from_memory(const uint8_t* data, size_t size, const std::string& name,

@@ -74,13 +74,7 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   std::shared_ptr<MappedFile> mf = MappedFile::open(path);
-  std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
-  f->path_ = path;
-  f->data_ = mf->data();
-  f->size_ = mf->size();
-  f->owner_ = mf;
-  f->parse();
-  return f;
+  return from_memory(mf->data(), mf->size(), path, mf);
 }
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::from_memory(const uint8_t* data, size_t size, const std::string& name,

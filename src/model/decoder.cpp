@@ -46,11 +46,21 @@ DecoderWeights load_decoder_weights(const ModelConfig& c, const ArchTraits& trai
 }
 
 DecoderModel::DecoderModel(ModelConfig config, std::string path, DecoderWeights weights,
-                           std::vector<std::shared_ptr<void>> keep)
-    : w_(std::move(weights)), keep_(std::move(keep)) {
+                           std::vector<std::shared_ptr<void>> keep, std::vector<float> rope_freq_factors)
+    : w_(std::move(weights)), keep_(std::move(keep)), rope_freq_factors_(std::move(rope_freq_factors)) {
   config_ = std::move(config);
   path_ = std::move(path);
-  static_rope_ = rope_frequencies(config_, 0);
+  static_rope_ = rope_for(0);
+  if (!rope_freq_factors_.empty() && rope_freq_factors_.size() != static_rope_.inv_freq.size())
+    fail(path_, "rope_freqs.weight", "{} factors but the model rotates {} frequency pairs", rope_freq_factors_.size(),
+         static_rope_.inv_freq.size());
+}
+
+RopeFrequencies DecoderModel::rope_for(int64_t seq_len) const {
+  RopeFrequencies r = rope_frequencies(config_, seq_len);
+  if (rope_freq_factors_.size() == r.inv_freq.size())
+    for (size_t i = 0; i < r.inv_freq.size(); ++i) r.inv_freq[i] /= rope_freq_factors_[i];
+  return r;
 }
 
 size_t DecoderModel::weight_bytes() const {
@@ -122,7 +132,7 @@ Tensor DecoderModel::forward(std::span<const int32_t> tokens, KvCache& cache, bo
   RopeFrequencies dyn;
   const RopeFrequencies* rope = &static_rope_;
   if (rope_is_dynamic(c)) {
-    dyn = rope_frequencies(c, start + n);
+    dyn = rope_for(start + n);
     rope = &dyn;
   }
   Tensor inv_freq = Tensor::from_floats({int64_t(rope->inv_freq.size())}, rope->inv_freq);

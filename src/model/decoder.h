@@ -53,7 +53,11 @@ DecoderWeights load_decoder_weights(const ModelConfig& config, const ArchTraits&
 
 class DecoderModel : public Model {
  public:
-  DecoderModel(ModelConfig config, std::string path, DecoderWeights weights, std::vector<std::shared_ptr<void>> keep);
+  // rope_freq_factors: per-frequency divisors of inv_freq ([rotary_dim / 2]),
+  // how GGUF files store Llama 3 RoPE scaling (tensor rope_freqs.weight);
+  // empty when the config's rope type says it all.
+  DecoderModel(ModelConfig config, std::string path, DecoderWeights weights, std::vector<std::shared_ptr<void>> keep,
+               std::vector<float> rope_freq_factors = {});
   size_t weight_bytes() const override;
   Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) override;
 
@@ -64,6 +68,9 @@ class DecoderModel : public Model {
 
   DecoderWeights w_;
   std::vector<std::shared_ptr<void>> keep_;  // mapped files backing the weights
+  RopeFrequencies rope_for(int64_t seq_len) const;
+
+  std::vector<float> rope_freq_factors_;
   RopeFrequencies static_rope_;
 };
 

@@ -99,8 +99,6 @@ std::unique_ptr<Model> load_gguf(const std::string& path, const LoadOptions& opt
     if (!file->find_tensor(name)) fail(path, name, "tensor missing from GGUF file");
     // The CPU reference path runs GGUF weights dequantized to F32.
     Tensor t = file->dequantize(name);
-    if (t.ndim() == 2 && t.shape() != expected && t.dim(0) == expected[0] * expected[1] / t.dim(1))
-      t = t.reshape(expected);
     check_shape(t, expected, path, name, "the GGUF metadata");
     if (permuted && (hf.ends_with("q_proj.weight") || hf.ends_with("k_proj.weight")))
       t = unpermute_qk(t, hf.ends_with("q_proj.weight") ? config.num_heads : config.num_kv_heads);
@@ -109,7 +107,11 @@ std::unique_ptr<Model> load_gguf(const std::string& path, const LoadOptions& opt
   auto has = [&](const std::string& hf) { return file->find_tensor(gguf_name(hf)) != nullptr; };
   if (!has("lm_head.weight")) config.tie_word_embeddings = true;
   DecoderWeights w = load_decoder_weights(config, arch_traits(config), get, has);
-  return std::make_unique<DecoderModel>(std::move(config), path, std::move(w), std::vector<std::shared_ptr<void>>{});
+  // Llama 3.x GGUFs carry their RoPE scaling as per-frequency divisors.
+  std::vector<float> rope_factors;
+  if (file->find_tensor("rope_freqs.weight")) rope_factors = file->dequantize("rope_freqs.weight").to_floats();
+  return std::make_unique<DecoderModel>(std::move(config), path, std::move(w), std::vector<std::shared_ptr<void>>{},
+                                        std::move(rope_factors));
 }
 
 }  // namespace

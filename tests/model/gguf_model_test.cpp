@@ -13,6 +13,7 @@
 #include "formats/gguf_builder.h"
 #include "formats/safetensors.h"
 #include "model/generation.h"
+#include "model/rope.h"
 
 namespace kite {
 namespace {
@@ -30,9 +31,13 @@ std::vector<float> permute_qk(const std::vector<float>& w, int64_t rows, int64_t
   return out;
 }
 
-std::string write_llama_gguf(GgmlType weight_type) {
-  Checkpoint ck = Checkpoint::open(kLlama);
-  ModelConfig c = load_model_config(kLlama);
+const std::string kLlama3 = std::string(KITE_FIXTURES_DIR) + "/models/llama3_rope";
+
+// Writes the HF fixture in `dir` as a GGUF. Llama 3 RoPE scaling goes into a
+// rope_freqs.weight tensor of inv_freq divisors, as llama.cpp's converter does.
+std::string write_llama_gguf(GgmlType weight_type, const std::string& dir = kLlama) {
+  Checkpoint ck = Checkpoint::open(dir);
+  ModelConfig c = load_model_config(dir);
   test::GgufBuilder b;
   b.kv_string("general.architecture", "llama");
   b.kv<uint32_t>("llama.block_count", GgufValueType::U32, uint32_t(c.num_layers));
@@ -63,7 +68,18 @@ std::string write_llama_gguf(GgmlType weight_type) {
   };
   add("model.embed_tokens.weight", "token_embd.weight", 0);
   add("model.norm.weight", "output_norm.weight", 0);
-  add("lm_head.weight", "output.weight", 0);
+  if (ck.has("lm_head.weight")) add("lm_head.weight", "output.weight", 0);
+  if (c.rope_scaling.type == "llama3") {
+    ModelConfig plain = c;
+    plain.rope_scaling = RopeScaling{};
+    auto base = rope_frequencies(plain, 0).inv_freq, scaled = rope_frequencies(c, 0).inv_freq;
+    std::string bytes;
+    for (size_t i = 0; i < base.size(); ++i) {
+      float factor = base[i] / scaled[i];
+      bytes.append(reinterpret_cast<const char*>(&factor), 4);
+    }
+    b.tensor("rope_freqs.weight", GgmlType::F32, {uint64_t(base.size())}, bytes);
+  }
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".", g = "blk." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", g + "attn_norm.weight", 0);
@@ -98,6 +114,19 @@ TEST(GgufModel, F32GgufMatchesSafetensors) {
   auto a = last_logits(*from_st, ids), b = last_logits(*from_gguf, ids);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5f * (1 + std::fabs(a[i]))) << i;
+}
+
+TEST(GgufModel, Llama3RopeFreqsTensorMatchesSafetensors) {
+  std::string path = write_llama_gguf(GgmlType::F32, kLlama3);
+  auto from_st = load_model(kLlama3);
+  auto from_gguf = load_model(path);
+  std::filesystem::remove(path);
+  ASSERT_EQ(from_gguf->config().rope_scaling.type, "default");  // the scaling lives in the tensor
+  // Positions past original_max_position_embeddings (32), where llama3 scaling matters.
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 60; ++i) ids.push_back(int32_t(3 + (i * 37) % 250));
+  auto a = last_logits(*from_st, ids), b = last_logits(*from_gguf, ids);
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4f * (1 + std::fabs(a[i]))) << i;
 }
 
 TEST(GgufModel, F16GgufIsCloseToSafetensors) {
