@@ -75,31 +75,26 @@ size_t DecoderModel::weight_bytes() const {
   return n;
 }
 
-void DecoderModel::attention_block(const LayerWeights& w, int64_t layer, const Tensor& x, const Tensor& positions,
-                                   const Tensor& inv_freq, float attention_factor, KvCache& cache, Tensor& out) {
+void DecoderModel::attention_block(const LayerWeights& w, int64_t layer, const Tensor& x, const Attend& attend,
+                                   Tensor& out) {
   const ModelConfig& c = config_;
-  const int64_t n = x.dim(0), hd = c.head_dim, start = cache.size();
-  Tensor q = Tensor::empty({n, c.num_heads * hd}, DType::F32, x.device());  // [n, n_heads*hd]
-  Tensor k_cache = cache.k(layer), v_cache = cache.v(layer);                // [capacity, n_kv, hd]
-  // New K/V rows are written straight into the cache.
-  Tensor k_new = k_cache.slice(0, start, start + n).reshape({n, c.num_kv_heads * hd});
-  Tensor v_new = v_cache.slice(0, start, start + n).reshape({n, c.num_kv_heads * hd});
+  const int64_t n = x.dim(0), hd = c.head_dim;
+  const Device dev = x.device();
+  Tensor q = Tensor::empty({n, c.num_heads * hd}, DType::F32, dev);     // [n, n_heads*hd]
+  Tensor k = Tensor::empty({n, c.num_kv_heads * hd}, DType::F32, dev);  // [n, n_kv*hd]
+  Tensor v = Tensor::empty({n, c.num_kv_heads * hd}, DType::F32, dev);  // [n, n_kv*hd]
   ops::linear(x, w.attn.wq, w.attn.bq.defined() ? &w.attn.bq : nullptr, q);
-  ops::linear(x, w.attn.wk, w.attn.bk.defined() ? &w.attn.bk : nullptr, k_new);
-  ops::linear(x, w.attn.wv, w.attn.bv.defined() ? &w.attn.bv : nullptr, v_new);
-  Tensor q3 = q.reshape({n, c.num_heads, hd});         // [n, n_heads, hd]
-  Tensor k3 = k_new.reshape({n, c.num_kv_heads, hd});  // [n, n_kv, hd]
+  ops::linear(x, w.attn.wk, w.attn.bk.defined() ? &w.attn.bk : nullptr, k);
+  ops::linear(x, w.attn.wv, w.attn.bv.defined() ? &w.attn.bv : nullptr, v);
   if (w.attn.q_norm.defined()) {
     Tensor qf = q.reshape({n * c.num_heads, hd});
     ops::rms_norm(qf, w.attn.q_norm, float(c.rms_norm_eps), qf);
-    Tensor kf = k_new.reshape({n * c.num_kv_heads, hd});
+    Tensor kf = k.reshape({n * c.num_kv_heads, hd});
     ops::rms_norm(kf, w.attn.k_norm, float(c.rms_norm_eps), kf);
   }
-  ops::rope(q3, positions, inv_freq, attention_factor);
-  ops::rope(k3, positions, inv_freq, attention_factor);
-  Tensor attn = Tensor::empty({n, c.num_heads, hd}, DType::F32, x.device());  // [n, n_heads, hd]
-  const float scale = 1.0f / std::sqrt(float(hd));
-  ops::attention(q3, k_cache.slice(0, 0, start + n), v_cache.slice(0, 0, start + n), start, scale, attn);
+  Tensor attn = Tensor::empty({n, c.num_heads, hd}, DType::F32, dev);  // [n, n_heads, hd]
+  attend(layer, q.reshape({n, c.num_heads, hd}), k.reshape({n, c.num_kv_heads, hd}), v.reshape({n, c.num_kv_heads, hd}),
+         attn);
   ops::linear(attn.reshape({n, c.num_heads * hd}), w.attn.wo, nullptr, out);
 }
 
@@ -113,20 +108,59 @@ void DecoderModel::mlp_block(const MlpWeights& w, const Tensor& x, Tensor& out) 
   ops::linear(gate, w.down, nullptr, out);
 }
 
+void DecoderModel::check_tokens(std::span<const int32_t> tokens, const char* source) const {
+  for (int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size)
+      fail(source, "tokens", "token id {} outside the vocabulary [0, {})", t, config_.vocab_size);
+}
+
+Tensor DecoderModel::run(std::span<const int32_t> tokens, std::span<const int32_t> logit_rows, const Attend& attend) {
+  const ModelConfig& c = config_;
+  const int64_t n = int64_t(tokens.size()), d = c.hidden_size;
+  const Device dev = w_.embed.device();
+  Tensor ids = Tensor::empty({n}, DType::I32);  // [n]
+  std::copy(tokens.begin(), tokens.end(), ids.data_as<int32_t>());
+  if (!dev.is_cpu()) ids = ids.to(dev);
+
+  Tensor x = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] residual stream
+  Tensor h = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] normed input of a block
+  Tensor y = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] block output
+  ops::embedding(w_.embed, ids, x);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w_.layers[size_t(l)];
+    ops::rms_norm(x, lw.attn_norm, float(c.rms_norm_eps), h);
+    attention_block(lw, l, h, attend, y);
+    ops::add(x, y, x);
+    ops::rms_norm(x, lw.mlp_norm, float(c.rms_norm_eps), h);
+    mlp_block(lw.mlp, h, y);
+    ops::add(x, y, x);
+  }
+  // The rows whose logits are wanted, gathered with the embedding op.
+  Tensor rows = Tensor::empty({int64_t(logit_rows.size())}, DType::I32);  // [m]
+  std::copy(logit_rows.begin(), logit_rows.end(), rows.data_as<int32_t>());
+  if (!dev.is_cpu()) rows = rows.to(dev);
+  const int64_t m = int64_t(logit_rows.size());
+  Tensor last = Tensor::empty({m, d}, DType::F32, dev);  // [m, d]
+  if (m > 0) ops::embedding(x, rows, last);
+  Tensor normed = Tensor::empty({m, d}, DType::F32, dev);             // [m, d]
+  Tensor logits = Tensor::empty({m, c.vocab_size}, DType::F32, dev);  // [m, vocab]
+  if (m > 0) {
+    ops::rms_norm(last, w_.final_norm, float(c.rms_norm_eps), normed);
+    ops::linear(normed, w_.lm_head, nullptr, logits);
+  }
+  return dev.is_cpu() ? logits : logits.to(kCpu);
+}
+
 Tensor DecoderModel::forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) {
   const ModelConfig& c = config_;
-  const int64_t n = int64_t(tokens.size()), start = cache.size(), d = c.hidden_size;
+  const int64_t n = int64_t(tokens.size()), start = cache.size();
   if (n == 0) throw Error("forward", "tokens", "no tokens to run");
   if (start + n > cache.capacity())
     fail("forward", "tokens", "{} tokens after {} cached exceed the KV cache capacity {} (raise the context size)", n,
          start, cache.capacity());
-  for (int32_t t : tokens)
-    if (t < 0 || t >= c.vocab_size)
-      fail("forward", "tokens", "token id {} outside the vocabulary [0, {})", t, c.vocab_size);
+  check_tokens(tokens, "forward");
   const Device dev = w_.embed.device();
 
-  Tensor ids = Tensor::empty({n}, DType::I32);  // [n]
-  std::copy(tokens.begin(), tokens.end(), ids.data_as<int32_t>());
   Tensor positions = Tensor::empty({n}, DType::I32);  // [n]
   for (int64_t i = 0; i < n; ++i) positions.data_as<int32_t>()[i] = int32_t(start + i);
   RopeFrequencies dyn;
@@ -137,31 +171,86 @@ Tensor DecoderModel::forward(std::span<const int32_t> tokens, KvCache& cache, bo
   }
   Tensor inv_freq = Tensor::from_floats({int64_t(rope->inv_freq.size())}, rope->inv_freq);
   if (!dev.is_cpu()) {
-    ids = ids.to(dev);
     positions = positions.to(dev);
     inv_freq = inv_freq.to(dev);
   }
-
-  Tensor x = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] residual stream
-  Tensor h = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] normed input of a block
-  Tensor y = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] block output
-  ops::embedding(w_.embed, ids, x);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& lw = w_.layers[size_t(l)];
-    ops::rms_norm(x, lw.attn_norm, float(c.rms_norm_eps), h);
-    attention_block(lw, l, h, positions, inv_freq, rope->attention_factor, cache, y);
-    ops::add(x, y, x);
-    ops::rms_norm(x, lw.mlp_norm, float(c.rms_norm_eps), h);
-    mlp_block(lw.mlp, h, y);
-    ops::add(x, y, x);
-  }
+  const float scale = 1.0f / std::sqrt(float(c.head_dim)), attention_factor = rope->attention_factor;
+  Attend attend = [&](int64_t layer, Tensor q, Tensor k, Tensor v, Tensor& out) {
+    ops::rope(q, positions, inv_freq, attention_factor);
+    ops::rope(k, positions, inv_freq, attention_factor);
+    Tensor k_cache = cache.k(layer), v_cache = cache.v(layer);  // [capacity, n_kv, hd]
+    k_cache.slice(0, start, start + n).copy_from(k);
+    v_cache.slice(0, start, start + n).copy_from(v);
+    ops::attention(q, k_cache.slice(0, 0, start + n), v_cache.slice(0, 0, start + n), start, scale, out);
+  };
+  std::vector<int32_t> rows;
+  for (int64_t i = all_logits ? 0 : n - 1; i < n; ++i) rows.push_back(int32_t(i));
+  Tensor logits = run(tokens, rows, attend);
   cache.set_size(start + n);
-  Tensor last = all_logits ? x : x.slice(0, n - 1, n);  // [m, d]
-  Tensor normed = Tensor::empty(last.shape(), DType::F32, dev);
-  ops::rms_norm(last, w_.final_norm, float(c.rms_norm_eps), normed);
-  Tensor logits = Tensor::empty({last.dim(0), c.vocab_size}, DType::F32, dev);  // [m, vocab]
-  ops::linear(normed, w_.lm_head, nullptr, logits);
-  return dev.is_cpu() ? logits : logits.to(kCpu);
+  return logits;
+}
+
+Tensor DecoderModel::forward_batch(const BatchInput& b, PagedKvCache& cache) {
+  const ModelConfig& c = config_;
+  const int64_t n = b.num_tokens(), n_seqs = b.num_seqs();
+  const char* src = "forward_batch";
+  if (n == 0) throw Error(src, "tokens", "no tokens to run");
+  if (int64_t(b.positions.size()) != n || int64_t(b.slot_mapping.size()) != n)
+    fail(src, "positions", "{} positions and {} slots for {} tokens; expected one each", b.positions.size(),
+         b.slot_mapping.size(), n);
+  if (int64_t(b.query_start.size()) != n_seqs + 1 || b.max_blocks < 1 ||
+      int64_t(b.block_tables.size()) != n_seqs * b.max_blocks)
+    fail(src, "query_start", "{} query starts and {} block-table entries for {} sequences of {} blocks",
+         b.query_start.size(), b.block_tables.size(), n_seqs, b.max_blocks);
+  if (cache.k(0).dim(2) != c.num_kv_heads || cache.k(0).dim(3) != c.head_dim)
+    fail(src, "cache", "cache shape {} does not fit this model's K/V heads", cache.k(0).shape_str());
+  check_tokens(b.tokens, src);
+  for (int32_t r : b.logit_rows)
+    if (r < 0 || r >= n) fail(src, "logit_rows", "row {} outside the batch of {} tokens", r, n);
+  const Device dev = w_.embed.device();
+  auto to_dev = [&](const std::vector<int32_t>& v, const Shape& shape) {
+    Tensor t = Tensor::empty(shape, DType::I32);
+    std::copy(v.begin(), v.end(), t.data_as<int32_t>());
+    return dev.is_cpu() ? t : t.to(dev);
+  };
+  Tensor positions = to_dev(b.positions, {n});                           // [n]
+  Tensor slots = to_dev(b.slot_mapping, {n});                            // [n]
+  Tensor query_start = to_dev(b.query_start, {n_seqs + 1});              // [n_seqs + 1]
+  Tensor context_lens = to_dev(b.context_lens, {n_seqs});                // [n_seqs]
+  Tensor block_tables = to_dev(b.block_tables, {n_seqs, b.max_blocks});  // [n_seqs, max_blocks]
+
+  // Dynamic NTK scaling depends on each sequence's length: rotate per sequence.
+  const bool dynamic = rope_is_dynamic(c);
+  std::vector<Tensor> seq_freqs;
+  std::vector<float> seq_factors;
+  if (dynamic) {
+    for (int64_t s = 0; s < n_seqs; ++s) {
+      RopeFrequencies r = rope_for(b.context_lens[size_t(s)]);
+      Tensor f = Tensor::from_floats({int64_t(r.inv_freq.size())}, r.inv_freq);
+      seq_freqs.push_back(dev.is_cpu() ? f : f.to(dev));
+      seq_factors.push_back(r.attention_factor);
+    }
+  }
+  Tensor inv_freq = Tensor::from_floats({int64_t(static_rope_.inv_freq.size())}, static_rope_.inv_freq);
+  if (!dev.is_cpu()) inv_freq = inv_freq.to(dev);
+  const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  Attend attend = [&](int64_t layer, Tensor q, Tensor k, Tensor v, Tensor& out) {
+    if (!dynamic) {
+      ops::rope(q, positions, inv_freq, static_rope_.attention_factor);
+      ops::rope(k, positions, inv_freq, static_rope_.attention_factor);
+    } else {
+      for (int64_t s = 0; s < n_seqs; ++s) {
+        const int64_t lo = b.query_start[size_t(s)], hi = b.query_start[size_t(s) + 1];
+        if (hi <= lo) continue;
+        Tensor qs = q.slice(0, lo, hi), ks = k.slice(0, lo, hi), ps = positions.slice(0, lo, hi);
+        ops::rope(qs, ps, seq_freqs[size_t(s)], seq_factors[size_t(s)]);
+        ops::rope(ks, ps, seq_freqs[size_t(s)], seq_factors[size_t(s)]);
+      }
+    }
+    ops::write_kv_cache(k, v, slots, cache.k(layer), cache.v(layer));
+    ops::paged_attention(q, cache.k(layer), cache.v(layer), query_start, context_lens, block_tables, scale, out);
+  };
+  return run(b.tokens, b.logit_rows, attend);
 }
 
 KvCache::KvCache(const ModelConfig& c, int64_t max_tokens, Device device) : capacity_(max_tokens) {
@@ -174,6 +263,32 @@ KvCache::KvCache(const ModelConfig& c, int64_t max_tokens, Device device) : capa
 void KvCache::set_size(int64_t n) {
   KITE_CHECK(n >= 0 && n <= capacity_, "kv cache size {} of {}", n, capacity_);
   size_ = n;
+}
+
+}  // namespace kite
+
+namespace kite {
+
+PagedKvCache::PagedKvCache(const ModelConfig& c, int64_t num_blocks, int64_t block_size, Device device)
+    : num_blocks_(num_blocks), block_size_(block_size) {
+  if (num_blocks < 1 || block_size < 1)
+    fail("kv cache", "num_blocks", "{} blocks of {} tokens; expected at least one block of one token", num_blocks,
+         block_size);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    k_.push_back(Tensor::zeros({num_blocks, block_size, c.num_kv_heads, c.head_dim}, DType::F32, device));
+    v_.push_back(Tensor::zeros({num_blocks, block_size, c.num_kv_heads, c.head_dim}, DType::F32, device));
+  }
+}
+
+size_t PagedKvCache::bytes_per_block(const ModelConfig& c, int64_t block_size) {
+  return size_t(2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim) * dtype_size(DType::F32);
+}
+
+void PagedKvCache::copy_block(int64_t src, int64_t dst) {
+  KITE_CHECK(src >= 0 && src < num_blocks_ && dst >= 0 && dst < num_blocks_, "copy_block {} -> {} of {}", src, dst,
+             num_blocks_);
+  for (auto* caches : {&k_, &v_})
+    for (Tensor& t : *caches) t.slice(0, dst, dst + 1).copy_from(t.slice(0, src, src + 1));
 }
 
 }  // namespace kite

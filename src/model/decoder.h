@@ -59,11 +59,20 @@ class DecoderModel : public Model {
   DecoderModel(ModelConfig config, std::string path, DecoderWeights weights, std::vector<std::shared_ptr<void>> keep,
                std::vector<float> rope_freq_factors = {});
   size_t weight_bytes() const override;
+  Device device() const override { return w_.embed.device(); }
   Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) override;
+  Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) override;
 
  private:
-  void attention_block(const LayerWeights& w, int64_t layer, const Tensor& x /*[n, d]*/, const Tensor& positions,
-                       const Tensor& inv_freq, float attention_factor, KvCache& cache, Tensor& out /*[n, d]*/);
+  // What differs between the contiguous and the paged forward: RoPE on the
+  // new q/k, storing k/v, and attention over the cache.
+  // q: [n, n_heads, hd], k, v: [n, n_kv, hd], out: [n, n_heads, hd].
+  using Attend = std::function<void(int64_t layer, Tensor q, Tensor k, Tensor v, Tensor& out)>;
+  // The layers over `tokens`; returns the logits of `logit_rows` ([m, vocab] F32 on the CPU).
+  Tensor run(std::span<const int32_t> tokens, std::span<const int32_t> logit_rows, const Attend& attend);
+  void check_tokens(std::span<const int32_t> tokens, const char* source) const;
+  void attention_block(const LayerWeights& w, int64_t layer, const Tensor& x /*[n, d]*/, const Attend& attend,
+                       Tensor& out /*[n, d]*/);
   void mlp_block(const MlpWeights& w, const Tensor& x /*[n, d]*/, Tensor& out /*[n, d]*/);
 
   DecoderWeights w_;

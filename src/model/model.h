@@ -29,6 +29,44 @@ class KvCache {
   std::vector<Tensor> k_, v_;
 };
 
+// Paged K/V storage for the engine: per layer, K and V of
+// [num_blocks, block_size, n_kv_heads, head_dim] F32. Which slots belong to
+// which sequence is the engine's business (engine/block_manager.h).
+class PagedKvCache {
+ public:
+  PagedKvCache(const ModelConfig& config, int64_t num_blocks, int64_t block_size, Device device = kCpu);
+  // Bytes one block takes over all layers (K and V).
+  static size_t bytes_per_block(const ModelConfig& config, int64_t block_size);
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  Tensor& k(int64_t layer) { return k_[size_t(layer)]; }  // [num_blocks, block_size, n_kv_heads, head_dim]
+  Tensor& v(int64_t layer) { return v_[size_t(layer)]; }  // [num_blocks, block_size, n_kv_heads, head_dim]
+  // Copies block src's K/V into block dst in every layer (copy-on-write).
+  void copy_block(int64_t src, int64_t dst);
+
+ private:
+  int64_t num_blocks_, block_size_;
+  std::vector<Tensor> k_, v_;
+};
+
+// One engine step: the new tokens of several sequences, concatenated
+// sequence after sequence. Sequence s owns rows [query_start[s],
+// query_start[s + 1]); they are its newest tokens, so its context after the
+// step is context_lens[s] tokens.
+struct BatchInput {
+  std::vector<int32_t> tokens;        // [n_tokens]
+  std::vector<int32_t> positions;     // [n_tokens]
+  std::vector<int32_t> slot_mapping;  // [n_tokens] cache slot (block * block_size + offset) of each token's K/V
+  std::vector<int32_t> query_start;   // [n_seqs + 1]
+  std::vector<int32_t> context_lens;  // [n_seqs]
+  std::vector<int32_t> block_tables;  // [n_seqs, max_blocks] row-major, -1 padded
+  int32_t max_blocks = 0;
+  std::vector<int32_t> logit_rows;  // [n_logits] rows whose logits forward_batch returns
+
+  int64_t num_tokens() const { return int64_t(tokens.size()); }
+  int64_t num_seqs() const { return int64_t(context_lens.size()); }
+};
+
 struct LoadOptions {
   Device device = kCpu;
 };
@@ -38,6 +76,7 @@ class Model {
   virtual ~Model() = default;
   const ModelConfig& config() const { return config_; }
   const std::string& path() const { return path_; }
+  virtual Device device() const = 0;  // where the weights live
   // Bytes of weights read by one decode step (for bandwidth floors).
   virtual size_t weight_bytes() const = 0;
 
@@ -45,6 +84,12 @@ class Model {
   // K/V to the cache and returns logits: [n, vocab] when all_logits, else
   // [1, vocab] for the last token. F32 on the CPU.
   virtual Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) = 0;
+
+  // Runs one batch over the paged cache: writes each token's K/V to its
+  // slot, attends through the block tables, and returns the logits of
+  // batch.logit_rows: [n_logits, vocab] F32 on the CPU. Throws kite::Error
+  // on an inconsistent batch.
+  virtual Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) = 0;
 
  protected:
   ModelConfig config_;

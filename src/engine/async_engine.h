@@ -1,0 +1,87 @@
+#pragma once
+// Runs an Engine on its own thread. Callers on any thread submit requests
+// and read each request's outputs from its RequestStream; the engine loop
+// steps while there is work and sleeps otherwise.
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace kite {
+
+// One request's outputs, in order. Filled by the engine thread.
+class RequestStream {
+ public:
+  explicit RequestStream(std::string id) : id_(std::move(id)) {}
+  const std::string& id() const { return id_; }
+  // Blocks until the next output; false once the final output was taken.
+  bool next(RequestOutput& out);
+  // The next output if one is ready.
+  bool try_next(RequestOutput& out);
+  // Called on the engine thread after each push (e.g. to wake an event
+  // loop); set it before outputs can arrive, i.e. right after submit.
+  void set_notify(std::function<void()> fn);
+
+  // Engine side.
+  void push(RequestOutput out);
+
+ private:
+  std::string id_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<RequestOutput> queue_;
+  std::function<void()> notify_;
+  bool ended_ = false;  // the final output was pushed
+};
+
+class AsyncEngine {
+ public:
+  // Takes the engine and starts the loop thread.
+  explicit AsyncEngine(std::unique_ptr<Engine> engine);
+  ~AsyncEngine();  // shutdown()
+
+  // Validates now (throws kite::Error for a request that can never run, or
+  // when the waiting queue holds max_waiting requests), then queues it.
+  std::shared_ptr<RequestStream> submit(const std::string& id, std::vector<int32_t> prompt,
+                                        const GenerationParams& params);
+  // Ends a request; its stream gets a final output with finish reason Abort.
+  void abort(const std::string& id);
+  // Aborts everything left and joins the loop.
+  void shutdown();
+  // Waits until no request is in flight.
+  void wait_idle();
+
+  EngineStats stats() const;                         // as of the last step
+  const Engine& engine() const { return *engine_; }  // immutable parts only (config, limits)
+  void set_max_waiting(int64_t n) { max_waiting_ = n; }
+
+ private:
+  void loop();
+
+  std::unique_ptr<Engine> engine_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  struct Pending {
+    std::string id;
+    std::vector<int32_t> prompt;
+    GenerationParams params;
+  };
+  std::vector<Pending> adds_;
+  std::vector<std::string> aborts_;
+  std::unordered_map<std::string, std::shared_ptr<RequestStream>> streams_;
+  EngineStats stats_;
+  int64_t max_waiting_ = 0;  // 0 = unlimited
+  bool stop_ = false;
+  std::condition_variable idle_cv_;
+  std::thread thread_;
+};
+
+}  // namespace kite

@@ -1,0 +1,457 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "core/error.h"
+#include "model/generation.h"
+
+namespace kite {
+
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+// Log-probabilities of one position from raw logits [vocab].
+TokenLogprobs make_logprobs(const float* row, int64_t vocab, int32_t token, int32_t k) {
+  std::span<const float> logits(row, size_t(vocab));
+  const double lse = log_sum_exp(logits);
+  TokenLogprobs t;
+  t.token = token;
+  t.logprob = float(double(row[token]) - lse);
+  t.rank = 1;
+  for (int64_t j = 0; j < vocab; ++j)
+    if (row[j] > row[token] || (row[j] == row[token] && j < token)) ++t.rank;
+  if (k > 0) {
+    std::vector<int32_t> ids(static_cast<size_t>(vocab));
+    for (int64_t j = 0; j < vocab; ++j) ids[size_t(j)] = int32_t(j);
+    const size_t top = std::min<size_t>(size_t(k), ids.size());
+    std::partial_sort(ids.begin(), ids.begin() + ptrdiff_t(top), ids.end(),
+                      [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    for (size_t i = 0; i < top; ++i) t.top.push_back({ids[i], float(double(row[ids[i]]) - lse)});
+  }
+  return t;
+}
+
+// The largest cut <= want that does not split a UTF-8 sequence of `s`.
+size_t utf8_floor(const std::string& s, size_t want) {
+  while (want > 0 && want < s.size() && (static_cast<unsigned char>(s[want]) & 0xC0) == 0x80) --want;
+  return want;
+}
+
+}  // namespace
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None: return "";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Abort: return "abort";
+  }
+  return "";
+}
+
+void GenerationParams::validate(const std::string& source) const {
+  sampling.validate(source);
+  if (max_tokens < 1) fail(source, "max_tokens", "{} is invalid; expected at least 1", max_tokens);
+  if (min_tokens < 0 || min_tokens > max_tokens)
+    fail(source, "min_tokens", "{} is invalid; expected a value in [0, max_tokens = {}]", min_tokens, max_tokens);
+  if (n < 1 || n > 128) fail(source, "n", "{} is invalid; expected 1 to 128 samples", n);
+  if (logprobs < -1 || logprobs > 20) fail(source, "logprobs", "{} is invalid; expected 0 to 20 (or none)", logprobs);
+  if (prompt_logprobs < -1 || prompt_logprobs > 20)
+    fail(source, "prompt_logprobs", "{} is invalid; expected 0 to 20 (or none)", prompt_logprobs);
+  for (const std::string& s : stop)
+    if (s.empty()) fail(source, "stop", "an empty stop string would end every sample at once");
+  for (int32_t t : stop_token_ids)
+    if (t < 0) fail(source, "stop_token_ids", "{} is not a token id", t);
+}
+
+// One parallel sample's state beside its Sequence.
+struct SampleState {
+  explicit SampleState(const SamplingParams& p) : sampler(p) {}
+  Sampler sampler;
+  std::unique_ptr<IncrementalDetokenizer> detok;
+  std::string text;  // all text so far (cut at a matched stop string)
+  size_t sent = 0;   // bytes of text already returned
+  std::vector<int32_t> new_ids;
+  std::vector<TokenLogprobs> new_logprobs;
+  FinishReason finish = FinishReason::None;
+  std::optional<int32_t> stop_token;
+  std::string stop_string;
+  bool reported = false;  // the final output went out
+  int64_t generated = 0;
+};
+
+struct Request {
+  std::string id;
+  GenerationParams params;
+  int64_t num_prompt = 0;
+  std::vector<std::unique_ptr<Sequence>> seqs;  // seqs[i]->index == i; one until the first token forks the rest
+  std::vector<SampleState> samples;             // n of them
+  std::vector<TokenLogprobs> prompt_logprobs;   // entry p scores prompt token p + 1
+  bool prompt_logprobs_sent = false;
+  size_t max_stop_len = 0;
+  bool aborted = false;
+  RequestMetrics metrics;
+  bool finished() const {
+    return std::all_of(samples.begin(), samples.end(),
+                       [](const SampleState& s) { return s.finish != FinishReason::None; });
+  }
+};
+
+// Where a chunk's logits sit in the step's logits.
+struct Engine::StepRows {
+  int64_t prompt_row = 0;    // first prompt-logprob row
+  int64_t prompt_count = 0;  // rows scoring prompt positions prompt_pos .. prompt_pos + count - 1
+  int64_t prompt_pos = 0;
+  int64_t sample_row = -1;  // the row to sample from, or -1
+};
+
+EngineConfig Engine::resolve(const Model& model, EngineConfig c) {
+  const ModelConfig& m = model.config();
+  if (c.block_size < 1 || c.block_size > 1024)
+    fail("engine", "block_size", "{} is invalid; expected 1 to 1024 tokens", c.block_size);
+  if (c.max_model_len == 0) c.max_model_len = m.max_position_embeddings;
+  if (c.max_model_len < 2 || c.max_model_len > m.max_position_embeddings)
+    fail("engine", "max_model_len", "{} is invalid; expected 2 to the model's max_position_embeddings = {}",
+         c.max_model_len, m.max_position_embeddings);
+  if (c.num_blocks == 0) {
+    const size_t per_block = PagedKvCache::bytes_per_block(m, c.block_size);
+    c.num_blocks = int64_t(c.kv_cache_memory / per_block);
+    if (c.num_blocks < 1)
+      fail("engine", "kv_cache_memory", "{} bytes hold no KV block of {} bytes; give more KV cache memory",
+           c.kv_cache_memory, per_block);
+  }
+  if (c.num_blocks < 1) fail("engine", "num_blocks", "{} is invalid; expected at least 1", c.num_blocks);
+  return c;
+}
+
+Engine::Engine(Model& model, const Tokenizer* tokenizer, const EngineConfig& config)
+    : model_(model),
+      tokenizer_(tokenizer),
+      config_(resolve(model, config)),
+      cache_(model.config(), config_.num_blocks, config_.block_size, model.device()),
+      blocks_(config_.num_blocks, config_.block_size, config_.enable_prefix_caching),
+      scheduler_(config_.scheduler, blocks_) {
+  counters_.kv_blocks_total = config_.num_blocks;
+}
+
+Engine::~Engine() = default;
+
+void Engine::validate(std::span<const int32_t> prompt, const GenerationParams& p) const {
+  const char* src = "request";
+  if (prompt.empty()) fail(src, "prompt", "the prompt is empty; give at least one token");
+  const int64_t vocab = model_.config().vocab_size;
+  for (int32_t t : prompt)
+    if (t < 0 || t >= vocab) fail(src, "prompt", "token id {} outside the vocabulary [0, {})", t, vocab);
+  p.validate(src);
+  const int64_t total = int64_t(prompt.size()) + p.max_tokens;
+  if (total > config_.max_model_len)
+    fail(src, "max_tokens", "the prompt ({} tokens) plus max_tokens ({}) is {}, over max_model_len {}", prompt.size(),
+         p.max_tokens, total, config_.max_model_len);
+  if (blocks_.blocks_for(total) > config_.num_blocks)
+    fail(src, "max_tokens", "{} tokens need {} KV blocks but the whole pool has {}; raise the KV cache memory", total,
+         blocks_.blocks_for(total), config_.num_blocks);
+  if (!config_.scheduler.enable_chunked_prefill && total > config_.scheduler.max_num_batched_tokens)
+    fail(src, "max_tokens", "{} tokens could never run in one step of {} tokens without chunked prefill", total,
+         config_.scheduler.max_num_batched_tokens);
+  if (!p.stop.empty() && !tokenizer_) fail(src, "stop", "stop strings need a tokenizer; this engine has none");
+}
+
+void Engine::add_request(const std::string& id, std::vector<int32_t> prompt, const GenerationParams& params) {
+  validate(prompt, params);
+  if (requests_.count(id)) fail("request", "id", "a request with id '{}' is already running", id);
+  auto r = std::make_unique<Request>();
+  r->id = id;
+  r->params = params;
+  r->num_prompt = int64_t(prompt.size());
+  for (const std::string& s : params.stop) r->max_stop_len = std::max(r->max_stop_len, s.size());
+  r->metrics.arrival = now_seconds();
+  r->metrics.prompt_tokens = r->num_prompt;
+  // One RNG stream per sample: seed + index (unseeded requests draw a base seed).
+  uint64_t seed = params.sampling.seed ? *params.sampling.seed
+                                       : (uint64_t(std::random_device{}()) << 32) ^ uint64_t(std::random_device{}());
+  r->samples.reserve(size_t(params.n));
+  for (int32_t i = 0; i < params.n; ++i) {
+    SamplingParams sp = params.sampling;
+    sp.seed = seed + uint64_t(i);
+    SampleState s(sp);
+    if (tokenizer_) {
+      s.detok = std::make_unique<IncrementalDetokenizer>(*tokenizer_, params.skip_special_tokens);
+      // Primed with the prompt so the first piece keeps its leading space.
+      for (int32_t t : prompt) s.detok->push(t);
+    }
+    r->samples.push_back(std::move(s));
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->id = next_seq_id_++;
+  seq->priority = params.priority;
+  seq->arrival = next_arrival_++;
+  seq->tokens = std::move(prompt);
+  seq->num_prompt_tokens = r->num_prompt;
+  seq->use_prefix_cache = params.prompt_logprobs < 0;  // prompt logprobs need every position computed
+  seq->request = r.get();
+  seq->index = 0;
+  scheduler_.add(seq.get());
+  r->seqs.push_back(std::move(seq));
+  counters_.prompt_tokens += r->num_prompt;
+  requests_.emplace(id, std::move(r));
+}
+
+bool Engine::abort(const std::string& id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end() || it->second->aborted || it->second->finished()) return false;
+  Request& r = *it->second;
+  r.aborted = true;
+  for (auto& seq : r.seqs)
+    if (seq->status != SeqStatus::Finished) scheduler_.remove(seq.get());
+  for (SampleState& s : r.samples)
+    if (s.finish == FinishReason::None) s.finish = FinishReason::Abort;
+  aborted_.push_back(&r);
+  return true;
+}
+
+bool Engine::has_work() const { return !requests_.empty(); }
+
+EngineStats Engine::stats() const {
+  EngineStats s = counters_;
+  s.num_running = scheduler_.num_running();
+  s.num_waiting = scheduler_.num_waiting();
+  s.num_preemptions = scheduler_.num_preemptions();
+  s.kv_blocks_used = blocks_.num_used_blocks();
+  s.kv_blocks_total = blocks_.num_blocks();
+  s.prefix_cache = blocks_.prefix_stats();
+  return s;
+}
+
+BatchInput Engine::build_batch(const SchedulerOutput& out, std::vector<StepRows>& rows) const {
+  BatchInput b;
+  const int64_t bs = config_.block_size;
+  for (const ScheduledChunk& c : out.chunks)
+    b.max_blocks = std::max(b.max_blocks, int32_t(c.seq->blocks.blocks.size()));
+  b.tokens.reserve(size_t(out.num_tokens));
+  b.positions.reserve(size_t(out.num_tokens));
+  b.slot_mapping.reserve(size_t(out.num_tokens));
+  b.query_start.push_back(0);
+  b.block_tables.assign(out.chunks.size() * size_t(b.max_blocks), -1);
+  rows.assign(out.chunks.size(), StepRows{});
+  for (size_t k = 0; k < out.chunks.size(); ++k) {
+    const Sequence& seq = *out.chunks[k].seq;
+    const int64_t n = out.chunks[k].num_tokens, start = seq.num_computed, row0 = b.num_tokens();
+    for (int64_t p = start; p < start + n; ++p) {
+      b.tokens.push_back(seq.tokens[size_t(p)]);
+      b.positions.push_back(int32_t(p));
+      b.slot_mapping.push_back(int32_t(seq.blocks.blocks[size_t(p / bs)] * bs + p % bs));
+    }
+    b.query_start.push_back(int32_t(b.num_tokens()));
+    b.context_lens.push_back(int32_t(start + n));
+    std::copy(seq.blocks.blocks.begin(), seq.blocks.blocks.end(), b.block_tables.begin() + ptrdiff_t(k * b.max_blocks));
+    // Prompt logprobs: rows at positions p < num_prompt - 1 not scored yet.
+    const Request& r = *seq.request;
+    StepRows& sr = rows[k];
+    if (r.params.prompt_logprobs >= 0 && seq.index == 0) {
+      const int64_t lo = std::max<int64_t>(start, int64_t(r.prompt_logprobs.size()));
+      const int64_t hi = std::min<int64_t>(start + n, r.num_prompt - 1);
+      if (hi > lo) {
+        sr.prompt_row = int64_t(b.logit_rows.size());
+        sr.prompt_count = hi - lo;
+        sr.prompt_pos = lo;
+        for (int64_t p = lo; p < hi; ++p) b.logit_rows.push_back(int32_t(row0 + p - start));
+      }
+    }
+    if (out.chunks[k].samples()) {
+      sr.sample_row = int64_t(b.logit_rows.size());
+      b.logit_rows.push_back(int32_t(row0 + n - 1));
+    }
+  }
+  return b;
+}
+
+std::vector<RequestOutput> Engine::step() {
+  std::vector<RequestOutput> outputs;
+  for (Request* r : aborted_) {
+    r->metrics.finished = now_seconds();
+    outputs.push_back(collect(*r, true));
+    ++counters_.requests_finished;
+    requests_.erase(r->id);
+  }
+  aborted_.clear();
+
+  SchedulerOutput out = scheduler_.schedule();
+  for (Sequence* s : out.preempted) ++s->request->metrics.preemptions;
+  if (out.empty()) return outputs;
+  for (const BlockCopy& c : out.copies) cache_.copy_block(c.src, c.dst);
+  std::vector<StepRows> rows;
+  BatchInput batch = build_batch(out, rows);
+  Tensor logits = model_.forward_batch(batch, cache_);  // [n_logits, vocab]
+  scheduler_.finish_step(out);
+  ++counters_.steps;
+
+  const double now = now_seconds();
+  std::vector<Request*> touched;
+  for (size_t k = 0; k < out.chunks.size(); ++k)
+    process_chunk(out.chunks[k], rows[k], logits.data_as<const float>(), now, touched);
+  for (Request* r : touched) {
+    const bool final = r->finished();
+    if (final) r->metrics.finished = now;
+    RequestOutput o = collect(*r, final);
+    if (!o.samples.empty() || !o.prompt_logprobs.empty() || o.finished) outputs.push_back(std::move(o));
+    if (final) {
+      ++counters_.requests_finished;
+      requests_.erase(r->id);
+    }
+  }
+  return outputs;
+}
+
+void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const float* logits, double now,
+                           std::vector<Request*>& touched) {
+  Sequence& seq = *chunk.seq;
+  Request& r = *seq.request;
+  const int64_t vocab = model_.config().vocab_size;
+  if (r.metrics.first_scheduled == 0) r.metrics.first_scheduled = now;
+  if (r.metrics.cached_tokens == 0) r.metrics.cached_tokens = seq.blocks.num_cached_tokens;
+  if (std::find(touched.begin(), touched.end(), &r) == touched.end()) touched.push_back(&r);
+  for (int64_t i = 0; i < rows.prompt_count; ++i) {
+    const int64_t pos = rows.prompt_pos + i;
+    KITE_CHECK(pos == int64_t(r.prompt_logprobs.size()), "prompt logprob position {} out of order", pos);
+    r.prompt_logprobs.push_back(make_logprobs(logits + (rows.prompt_row + i) * vocab, vocab,
+                                              seq.tokens[size_t(pos + 1)], r.params.prompt_logprobs));
+  }
+  if (rows.sample_row < 0) return;
+  const float* row = logits + rows.sample_row * vocab;
+  if (seq.index == 0 && r.seqs.size() < size_t(r.params.n)) {
+    // The prompt is done: fork the other samples, sharing its blocks.
+    for (int32_t i = 1; i < r.params.n; ++i) {
+      auto child = std::make_unique<Sequence>();
+      child->id = next_seq_id_++;
+      child->priority = seq.priority;
+      child->arrival = seq.arrival;
+      child->tokens = seq.tokens;
+      child->num_prompt_tokens = seq.num_prompt_tokens;
+      child->num_computed = seq.num_computed;
+      child->use_prefix_cache = seq.use_prefix_cache;
+      child->request = seq.request;
+      child->index = i;
+      blocks_.fork(seq.blocks, child->blocks);
+      scheduler_.add_running(child.get());
+      r.seqs.push_back(std::move(child));
+    }
+    for (auto& s : r.seqs) sample_token(r, *s, row, now);
+    return;
+  }
+  sample_token(r, seq, row, now);
+}
+
+void Engine::sample_token(Request& r, Sequence& seq, const float* row, double now) {
+  SampleState& s = r.samples[size_t(seq.index)];
+  const GenerationParams& p = r.params;
+  const int64_t vocab = model_.config().vocab_size;
+  std::vector<float> logits(row, row + vocab);
+  if (s.generated < p.min_tokens) {
+    for (int32_t t : p.stop_token_ids)
+      if (t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
+    if (!p.ignore_eos)
+      for (int32_t t : config_.eos_ids)
+        if (t >= 0 && t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
+  }
+  std::span<const int32_t> all(seq.tokens);
+  const int32_t tok =
+      s.sampler.sample(logits, all.first(size_t(seq.num_prompt_tokens)), all.subspan(size_t(seq.num_prompt_tokens)));
+  if (p.logprobs >= 0) s.new_logprobs.push_back(make_logprobs(row, vocab, tok, p.logprobs));
+  seq.tokens.push_back(tok);
+  s.new_ids.push_back(tok);
+  ++s.generated;
+  ++r.metrics.generated_tokens;
+  ++counters_.generation_tokens;
+  if (seq.index == 0) {
+    if (r.metrics.first_token == 0)
+      r.metrics.first_token = now;
+    else
+      r.metrics.inter_token.push_back(now - r.metrics.last_token);
+    r.metrics.last_token = now;
+  }
+  if (contains(p.stop_token_ids, tok) || (!p.ignore_eos && contains(config_.eos_ids, tok))) {
+    s.stop_token = tok;
+    finish_sample(r, seq, FinishReason::Stop);
+    return;
+  }
+  append_text(r, s, seq, false);
+  if (s.finish != FinishReason::None) return;
+  if (s.generated >= p.max_tokens || seq.num_tokens() >= config_.max_model_len)
+    finish_sample(r, seq, FinishReason::Length);
+}
+
+void Engine::append_text(Request& r, SampleState& s, Sequence& seq, bool final) {
+  if (!s.detok) return;
+  const size_t old = s.text.size();
+  s.text += final ? s.detok->flush() : s.detok->push(seq.tokens.back());
+  if (r.params.stop.empty() || s.text.size() == old) return;
+  // A match can only end in the new text: search from max_stop_len - 1 bytes before it.
+  const size_t from = old > r.max_stop_len - 1 ? old - (r.max_stop_len - 1) : 0;
+  size_t best = std::string::npos;
+  const std::string* hit = nullptr;
+  for (const std::string& stop : r.params.stop) {
+    const size_t at = s.text.find(stop, from);
+    if (at < best) best = at, hit = &stop;
+  }
+  if (!hit) return;
+  s.text.resize(best + (r.params.include_stop_str_in_output ? hit->size() : 0));
+  s.stop_string = *hit;
+  if (!final) finish_sample(r, seq, FinishReason::Stop);
+}
+
+void Engine::finish_sample(Request& r, Sequence& seq, FinishReason why) {
+  SampleState& s = r.samples[size_t(seq.index)];
+  // Flush the detokenizer's held-back bytes, unless a stop string ended the text.
+  if (s.stop_string.empty()) append_text(r, s, seq, true);
+  s.finish = s.stop_string.empty() ? why : FinishReason::Stop;
+  scheduler_.remove(&seq);
+}
+
+RequestOutput Engine::collect(Request& r, bool final) {
+  RequestOutput o;
+  o.id = r.id;
+  if (r.params.prompt_logprobs >= 0 && !r.prompt_logprobs_sent &&
+      int64_t(r.prompt_logprobs.size()) == r.num_prompt - 1) {
+    o.prompt_logprobs = std::move(r.prompt_logprobs);
+    r.prompt_logprobs_sent = true;
+  }
+  for (size_t i = 0; i < r.samples.size(); ++i) {
+    SampleState& s = r.samples[i];
+    const bool ending = s.finish != FinishReason::None && !s.reported;
+    if (s.new_ids.empty() && !ending) continue;
+    SampleOutput so;
+    so.index = int32_t(i);
+    so.token_ids = std::move(s.new_ids);
+    so.logprobs = std::move(s.new_logprobs);
+    s.new_ids.clear();
+    s.new_logprobs.clear();
+    // Hold back what could still turn out to be the start of a stop string.
+    size_t end = s.text.size();
+    if (!ending && r.max_stop_len > 1)
+      end = utf8_floor(s.text, end > r.max_stop_len - 1 ? end - (r.max_stop_len - 1) : 0);
+    if (end > s.sent) {
+      so.text = s.text.substr(s.sent, end - s.sent);
+      s.sent = end;
+    }
+    so.finish = s.finish;
+    so.stop_token = s.stop_token;
+    so.stop_string = s.stop_string;
+    so.num_tokens = s.generated;
+    if (ending) s.reported = true;
+    o.samples.push_back(std::move(so));
+  }
+  o.finished = final;
+  if (final) o.metrics = r.metrics;
+  return o;
+}
+
+}  // namespace kite
