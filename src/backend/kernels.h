@@ -17,6 +17,10 @@ struct Kernels {
   void (*rope)(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) = nullptr;
   void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale,
                     Tensor& out) = nullptr;
+  void (*paged_attention)(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
+                          const Tensor& context_lens, const Tensor& block_tables, float scale, Tensor& out) = nullptr;
+  void (*write_kv_cache)(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache,
+                         Tensor& v_cache) = nullptr;
   void (*silu_mul)(const Tensor& gate, const Tensor& up, Tensor& out) = nullptr;
   void (*add)(const Tensor& a, const Tensor& b, Tensor& out) = nullptr;
 };

@@ -284,17 +284,21 @@ std::vector<RequestOutput> Engine::step() {
   }
   aborted_.clear();
 
+  const double t0 = now_seconds();
   SchedulerOutput out = scheduler_.schedule();
+  const double t1 = now_seconds();
+  counters_.schedule_seconds += t1 - t0;
   for (Sequence* s : out.preempted) ++s->request->metrics.preemptions;
   if (out.empty()) return outputs;
   for (const BlockCopy& c : out.copies) cache_.copy_block(c.src, c.dst);
   std::vector<StepRows> rows;
   BatchInput batch = build_batch(out, rows);
   Tensor logits = model_.forward_batch(batch, cache_);  // [n_logits, vocab]
+  const double now = now_seconds();
+  counters_.forward_seconds += now - t1;
   scheduler_.finish_step(out);
   ++counters_.steps;
 
-  const double now = now_seconds();
   std::vector<Request*> touched;
   for (size_t k = 0; k < out.chunks.size(); ++k)
     process_chunk(out.chunks[k], rows[k], logits.data_as<const float>(), now, touched);

@@ -44,6 +44,8 @@ struct EngineStats {
   int64_t generation_tokens = 0;  // tokens generated, since start
   int64_t steps = 0;
   int64_t requests_finished = 0;
+  double schedule_seconds = 0;  // host time spent in the scheduler, since start
+  double forward_seconds = 0;   // time spent in forward passes (incl. copies), since start
 };
 
 class Engine {

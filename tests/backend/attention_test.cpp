@@ -15,35 +15,6 @@ struct AttnCase {
   int64_t n_q, q_start, n_kv, n_heads, n_kv_heads, hd;
 };
 
-// out and the error scale sum_j p_j |v_j| (per element) in float64.
-void reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, double scale,
-                         std::vector<double>& out, std::vector<double>& err_scale) {
-  const int64_t n_q = q.dim(0), nh = q.dim(1), hd = q.dim(2), nkv = k.dim(1), group = nh / nkv;
-  std::vector<double> qd = test::to_doubles(q), kd = test::to_doubles(k), vd = test::to_doubles(v);
-  out.assign(size_t(n_q * nh * hd), 0.0);
-  err_scale.assign(out.size(), 0.0);
-  for (int64_t i = 0; i < n_q; ++i)
-    for (int64_t h = 0; h < nh; ++h) {
-      const int64_t g = h / group, len = q_start + i + 1;
-      std::vector<double> s(static_cast<size_t>(len));
-      double mx = -std::numeric_limits<double>::infinity();
-      for (int64_t j = 0; j < len; ++j) {
-        double d = 0;
-        for (int64_t t = 0; t < hd; ++t) d += qd[size_t((i * nh + h) * hd + t)] * kd[size_t((j * nkv + g) * hd + t)];
-        s[size_t(j)] = d * scale;
-        mx = std::max(mx, s[size_t(j)]);
-      }
-      double sum = 0;
-      for (double& e : s) sum += (e = std::exp(e - mx));
-      for (int64_t j = 0; j < len; ++j)
-        for (int64_t t = 0; t < hd; ++t) {
-          const double vv = vd[size_t((j * nkv + g) * hd + t)];
-          out[size_t((i * nh + h) * hd + t)] += s[size_t(j)] / sum * vv;
-          err_scale[size_t((i * nh + h) * hd + t)] += s[size_t(j)] / sum * std::abs(vv);
-        }
-    }
-}
-
 // KV rows at or past q_start + n_q are set to NaN: reading them is a bug.
 Tensor poison_tail(Tensor t, int64_t from) {
   std::vector<float> f = t.to_floats();
@@ -65,7 +36,7 @@ TEST(Attention, MatchesFloat64ReferenceAtEverySimdLevel) {
     Tensor v = poison_tail(test::random_tensor({c.n_kv, c.n_kv_heads, c.hd}, DType::F32, ++seed), c.q_start + c.n_q);
     const float scale = 1.0f / std::sqrt(float(c.hd));
     std::vector<double> want, err_scale;
-    reference_attention(q, k, v, c.q_start, scale, want, err_scale);
+    test::reference_attention(q, k, v, c.q_start, scale, want, err_scale);
     const std::string name = fmt::format("n_q={} q_start={} n_kv={} heads={}/{} hd={}", c.n_q, c.q_start, c.n_kv,
                                          c.n_heads, c.n_kv_heads, c.hd);
     for (cpu::SimdLevel level : test::simd_levels()) {

@@ -4,14 +4,17 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/tensor.h"
 
 namespace kite::test {
@@ -67,6 +70,58 @@ inline void expect_close(const std::vector<float>& got, const std::vector<double
   std::vector<double> scale(want.size());
   for (size_t i = 0; i < want.size(); ++i) scale[i] = std::abs(want[i]);
   expect_close(got, want, scale, rtol, atol, what);
+}
+
+// Causal GQA attention in float64 (see ops::attention): out and the error
+// scale sum_j p_j |v_j| per element.
+// q: [n_q, n_heads, hd]; k, v: [n_kv, n_kv_heads, hd]; out: [n_q, n_heads, hd].
+inline void reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, double scale,
+                                std::vector<double>& out, std::vector<double>& err_scale) {
+  const int64_t n_q = q.dim(0), nh = q.dim(1), hd = q.dim(2), nkv = k.dim(1), group = nh / nkv;
+  std::vector<double> qd = to_doubles(q), kd = to_doubles(k), vd = to_doubles(v);
+  out.assign(size_t(n_q * nh * hd), 0.0);
+  err_scale.assign(out.size(), 0.0);
+  for (int64_t i = 0; i < n_q; ++i)
+    for (int64_t h = 0; h < nh; ++h) {
+      const int64_t g = h / group, len = q_start + i + 1;
+      std::vector<double> s(static_cast<size_t>(len));
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < len; ++j) {
+        double d = 0;
+        for (int64_t t = 0; t < hd; ++t) d += qd[size_t((i * nh + h) * hd + t)] * kd[size_t((j * nkv + g) * hd + t)];
+        s[size_t(j)] = d * scale;
+        mx = std::max(mx, s[size_t(j)]);
+      }
+      double sum = 0;
+      for (double& e : s) sum += (e = std::exp(e - mx));
+      for (int64_t j = 0; j < len; ++j)
+        for (int64_t t = 0; t < hd; ++t) {
+          const double vv = vd[size_t((j * nkv + g) * hd + t)];
+          out[size_t((i * nh + h) * hd + t)] += s[size_t(j)] / sum * vv;
+          err_scale[size_t((i * nh + h) * hd + t)] += s[size_t(j)] / sum * std::abs(vv);
+        }
+    }
+}
+
+// An I32 CPU tensor with the given values (ids, positions, block tables).
+inline Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values) {
+  Tensor t = Tensor::empty(shape, DType::I32);
+  EXPECT_EQ(size_t(t.numel()), values.size());
+  std::copy(values.begin(), values.end(), t.data_as<int32_t>());
+  return t;
+}
+
+// Runs fn, expecting kite::Error from source "op <op>" about `field`.
+template <typename Fn>
+void expect_op_error(const std::string& op, const std::string& field, Fn&& fn) {
+  try {
+    fn();
+    ADD_FAILURE() << "op " << op << ": expected an error about " << field;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.source(), "op " + op) << e.what();
+    EXPECT_EQ(e.field(), field) << e.what();
+    EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace kite::test

@@ -12,18 +12,7 @@
 namespace kite {
 namespace {
 
-// Runs fn, expecting kite::Error from source "op <op>" about `field`.
-template <typename Fn>
-void expect_op_error(const std::string& op, const std::string& field, Fn&& fn) {
-  try {
-    fn();
-    ADD_FAILURE() << "op " << op << ": expected an error about " << field;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.source(), "op " + op) << e.what();
-    EXPECT_EQ(e.field(), field) << e.what();
-    EXPECT_NE(std::string(e.what()).find("expected"), std::string::npos) << e.what();
-  }
-}
+using test::expect_op_error;
 
 Tensor f32(const Shape& s) { return Tensor::zeros(s, DType::F32); }
 

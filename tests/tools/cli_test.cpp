@@ -98,6 +98,39 @@ TEST(Cli, BadInputIsOneLineAndExitTwo) {
   EXPECT_NE(r.err.find("/nonexistent"), std::string::npos) << r.err;
 }
 
+TEST(Cli, GenerateStopsAtAStopString) {
+  auto ref = nlohmann::json::parse(kite::read_text_file(kModel + "/reference.json"));
+  const auto& g = ref["greedy"][1];
+  const std::string text = g["text"].get<std::string>();
+  const std::string stop = text.substr(text.size() / 2, 5);
+  Result r = run("generate --model " + kModel + " --prompt '" + g["prompt"].get<std::string>() +
+                 "' --max-tokens 48 --stop '" + stop + "'");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, text.substr(0, text.find(stop)) + "\n");
+}
+
+TEST(Cli, BenchThroughputRunsTheBatchedEngine) {
+  Result r = run("bench throughput --model " + kModel + " --num-prompts 6 --input-len 20 --output-len 5 --json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["num_prompts"], 6);
+  EXPECT_EQ(j["prompt_tokens"], 120);
+  EXPECT_EQ(j["output_tokens"], 30);
+  EXPECT_GT(j["output_tokens_per_s"].get<double>(), 0);
+  EXPECT_EQ(j["steps"], 5);  // one prefill step of 120 tokens, then 4 decode steps of 6
+  auto dir = std::filesystem::temp_directory_path() / ("kite_ds_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "ds.json") << R"(["It was", {"prompt": "The kernel"}])";
+  Result d = run("bench throughput --model " + kModel + " --dataset " + (dir / "ds.json").string() + " --output-len 4");
+  EXPECT_EQ(d.status, 0) << d.err;
+  EXPECT_NE(d.out.find("| 2 |"), std::string::npos) << d.out;
+  std::ofstream(dir / "bad.json") << R"([42])";
+  Result bad = run("bench throughput --model " + kModel + " --dataset " + (dir / "bad.json").string());
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.err.find("bad.json"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Cli, HelpDescribesEveryCommand) {
   Result r = run("--help");
   EXPECT_EQ(r.status, 0);

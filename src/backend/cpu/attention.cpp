@@ -1,9 +1,7 @@
-// Causal grouped-query attention, two passes per (query, head): scores and
-// their max, then exp/sum and the weighted sum of V, all in F32.
-#include <algorithm>
-#include <limits>
-#include <vector>
-
+// Causal grouped-query attention over one sequence's contiguous KV: each
+// (query, head) runs detail::attend_row over one span of keys, so the result
+// is bitwise the one cpu::paged_attention gives for the same keys.
+#include "backend/cpu/attention_core.h"
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/vec.h"
 #include "core/parallel.h"
@@ -23,20 +21,14 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_star
   const int64_t kv_row = n_kv_heads * hd;
   // Work items are (query, head) pairs, query-major; later queries see more keys.
   parallel_for(n_q * n_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(size_t(q_start + n_q));
+    float* scores = detail::score_buffer(q_start + n_q);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t i = item / n_heads, h = item % n_heads, g = h / group;
       const int64_t len = q_start + i + 1;  // keys [0, len)
-      const float* qrow = pq + (i * n_heads + h) * hd;
-      const float* kbase = pk + g * hd;
-      const float* vbase = pv + g * hd;
-      ops.dot_rows(qrow, kbase, kv_row, len, hd, scores.data());
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < len; ++j) mx = std::max(mx, scores[size_t(j)] *= scale);
-      const float sum = ops.exp_sub_sum(scores.data(), mx, len);
-      float* orow = po + (i * n_heads + h) * hd;
-      ops.weighted_rows(scores.data(), vbase, kv_row, len, hd, orow);
-      ops.scale(orow, 1.0f / sum, hd);
+      const detail::KvSpan all{pk + g * hd, pv + g * hd, len};
+      detail::attend_row(
+          ops, pq + (i * n_heads + h) * hd, 1, [&](int64_t) { return all; }, len, kv_row, hd, scale, scores,
+          po + (i * n_heads + h) * hd);
     }
   });
 }

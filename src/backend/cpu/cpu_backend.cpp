@@ -95,6 +95,12 @@ void register_kernels(Kernels& table) {
   table.attention = [](const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale, Tensor& out) {
     attention(q, k, v, q_start, scale, out, simd_level());
   };
+  table.paged_attention = [](const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& qs, const Tensor& cl,
+                             const Tensor& bt, float scale,
+                             Tensor& out) { paged_attention(q, kc, vc, qs, cl, bt, scale, out, simd_level()); };
+  table.write_kv_cache = [](const Tensor& k, const Tensor& v, const Tensor& slots, Tensor& kc, Tensor& vc) {
+    write_kv_cache(k, v, slots, kc, vc);
+  };
   table.silu_mul = [](const Tensor& g, const Tensor& u, Tensor& out) { silu_mul(g, u, out, simd_level()); };
   table.add = [](const Tensor& a, const Tensor& b, Tensor& out) { add(a, b, out, simd_level()); };
 }

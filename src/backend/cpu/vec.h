@@ -30,10 +30,19 @@ struct VecOps {
   void (*silu_mul)(const float* g, const float* u, float* out, int64_t n);
   // out[i] = a[i] + b[i].
   void (*add)(const float* a, const float* b, float* out, int64_t n);
-  // out[j] = dot(q, k + j * stride) over n elements, for j < rows (attention scores).
+  // out[j] = dot(q, k + j * stride) over n elements, for j < rows (attention
+  // scores). Each out[j] depends only on q, row j and n, never on `rows` or on
+  // where row j sits in the call, so scoring keys span by span (the blocks of
+  // a paged cache) gives bitwise the same values as one call over all of them.
   void (*dot_rows)(const float* q, const float* k, int64_t stride, int64_t rows, int64_t n, float* out);
-  // out[i] = sum_j p[j] * v[j * stride + i] for i < n, j < rows (out is overwritten).
+  // out[i] = sum_j p[j] * v[j * stride + i] for i < n, j < rows (out is
+  // overwritten); the same as zeroing out and calling weighted_rows_acc.
   void (*weighted_rows)(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n, float* out);
+  // out[i] += sum_j p[j] * v[j * stride + i] for i < n, j < rows: one running
+  // sum per element that starts at out[i] and takes the rows in order, so
+  // accumulating the rows in several calls (one per cache block) gives bitwise
+  // the same result as one call over all of them.
+  void (*weighted_rows_acc)(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n, float* out);
   // dst[i] = float(src[i]) for F32, BF16 or F16 source.
   void (*to_f32)(const void* src, DType from, float* dst, int64_t n);
 };

@@ -2,6 +2,8 @@
 // attribute; nothing here runs unless the CPU reports those features.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "backend/cpu/simd_math.h"
 #include "backend/cpu/vec.h"
 
@@ -120,6 +122,17 @@ KITE_TARGET_AVX2 void add(const float* a, const float* b, float* out, int64_t n)
   for (; i < n; ++i) out[i] = a[i] + b[i];
 }
 
+// One row of dot_rows with exactly the arithmetic each row of its four-row
+// blocks gets (one accumulator, hsum, then the tail in order with explicit
+// fma), so a score does not depend on how the rows were grouped.
+KITE_TARGET_AVX2 inline float dot_row(const float* q, const float* k, int64_t nv, int64_t n) {
+  __m256 a = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nv; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a);
+  float s = hsum_avx2(a);
+  for (int64_t i = nv; i < n; ++i) s = std::fma(q[i], k[i], s);
+  return s;
+}
+
 KITE_TARGET_AVX2 void dot_rows(const float* q, const float* k, int64_t stride, int64_t rows, int64_t n, float* out) {
   int64_t j = 0;
   const int64_t nv = n / 8 * 8;
@@ -135,18 +148,19 @@ KITE_TARGET_AVX2 void dot_rows(const float* q, const float* k, int64_t stride, i
     }
     float s[4] = {hsum_avx2(a0), hsum_avx2(a1), hsum_avx2(a2), hsum_avx2(a3)};
     for (int64_t i = nv; i < n; ++i)
-      for (int r = 0; r < 4; ++r) s[r] += q[i] * k0[r * stride + i];
+      for (int r = 0; r < 4; ++r) s[r] = std::fma(q[i], k0[r * stride + i], s[r]);
     for (int r = 0; r < 4; ++r) out[j + r] = s[r];
   }
-  for (; j < rows; ++j) out[j] = dot(q, k + j * stride, n);
+  for (; j < rows; ++j) out[j] = dot_row(q, k + j * stride, nv, n);
 }
 
-KITE_TARGET_AVX2 void weighted_rows(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n,
-                                    float* out) {
+KITE_TARGET_AVX2 void weighted_rows_acc(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n,
+                                        float* out) {
   int64_t i = 0;
   // Columns in chunks of 32 kept in four registers across all rows.
   for (; i + 32 <= n; i += 32) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 a0 = _mm256_loadu_ps(out + i), a1 = _mm256_loadu_ps(out + i + 8), a2 = _mm256_loadu_ps(out + i + 16),
+           a3 = _mm256_loadu_ps(out + i + 24);
     for (int64_t j = 0; j < rows; ++j) {
       const float* vr = v + j * stride + i;
       const __m256 pj = _mm256_set1_ps(p[j]);
@@ -160,10 +174,14 @@ KITE_TARGET_AVX2 void weighted_rows(const float* p, const float* v, int64_t stri
     _mm256_storeu_ps(out + i + 16, a2);
     _mm256_storeu_ps(out + i + 24, a3);
   }
-  if (i < n) {
-    for (int64_t t = i; t < n; ++t) out[t] = 0.0f;
+  if (i < n)
     for (int64_t j = 0; j < rows; ++j) axpy(p[j], v + j * stride + i, out + i, n - i);
-  }
+}
+
+KITE_TARGET_AVX2 void weighted_rows(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n,
+                                    float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+  weighted_rows_acc(p, v, stride, rows, n, out);
 }
 
 KITE_TARGET_AVX2 void to_f32(const void* src, DType from, float* dst, int64_t n) {
@@ -183,8 +201,8 @@ KITE_TARGET_AVX2 void to_f32(const void* src, DType from, float* dst, int64_t n)
 }  // namespace
 
 const VecOps& vec_ops_avx2() {
-  static const VecOps ops{dot,      sum_squares, scale_mul, axpy,          scale, exp_sub_sum,
-                          silu_mul, add,         dot_rows,  weighted_rows, to_f32};
+  static const VecOps ops{dot,      sum_squares,   scale_mul,         axpy,  scale, exp_sub_sum, silu_mul, add,
+                          dot_rows, weighted_rows, weighted_rows_acc, to_f32};
   return ops;
 }
 

@@ -107,6 +107,20 @@ KITE_TARGET_AVX512 inline __m128 fold4(__m512 v) {
   return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
+// One row of dot_rows with exactly the arithmetic each row of its four-row
+// blocks gets, so a score does not depend on how the rows were grouped:
+// hadd(hadd(f, f), hadd(f, f)) lane 0 is (f0 + f1) + (f2 + f3), as there.
+KITE_TARGET_AVX512 inline float dot_row(const float* q, const float* k, int64_t n) {
+  __m512 a = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i < 16 ? n - i : 16);
+    a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), a);
+  }
+  const __m128 f = fold4(a);
+  const __m128 h = _mm_hadd_ps(f, f);
+  return _mm_cvtss_f32(_mm_hadd_ps(h, h));
+}
+
 KITE_TARGET_AVX512 void dot_rows(const float* q, const float* k, int64_t stride, int64_t rows, int64_t n, float* out) {
   int64_t j = 0;
   for (; j + 4 <= rows; j += 4) {
@@ -122,11 +136,11 @@ KITE_TARGET_AVX512 void dot_rows(const float* q, const float* k, int64_t stride,
     }
     _mm_storeu_ps(out + j, _mm_hadd_ps(_mm_hadd_ps(fold4(a0), fold4(a1)), _mm_hadd_ps(fold4(a2), fold4(a3))));
   }
-  for (; j < rows; ++j) out[j] = dot(q, k + j * stride, n);
+  for (; j < rows; ++j) out[j] = dot_row(q, k + j * stride, n);
 }
 
-KITE_TARGET_AVX512 void weighted_rows(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n,
-                                      float* out) {
+KITE_TARGET_AVX512 void weighted_rows_acc(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n,
+                                          float* out) {
   // Columns in chunks of 64 kept in four registers across all rows.
   for (int64_t i = 0; i < n; i += 64) {
     const int64_t c = n - i < 64 ? n - i : 64;
@@ -138,7 +152,8 @@ KITE_TARGET_AVX512 void weighted_rows(const float* p, const float* v, int64_t st
                                    : c < 48 ? c - 32
                                             : 16),
                     m3 = tail_mask(c < 48 ? 0 : c - 48);
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    __m512 a0 = _mm512_maskz_loadu_ps(m0, out + i), a1 = _mm512_maskz_loadu_ps(m1, out + i + 16),
+           a2 = _mm512_maskz_loadu_ps(m2, out + i + 32), a3 = _mm512_maskz_loadu_ps(m3, out + i + 48);
     for (int64_t j = 0; j < rows; ++j) {
       const float* vr = v + j * stride + i;
       const __m512 pj = _mm512_set1_ps(p[j]);
@@ -152,6 +167,12 @@ KITE_TARGET_AVX512 void weighted_rows(const float* p, const float* v, int64_t st
     _mm512_mask_storeu_ps(out + i + 32, m2, a2);
     _mm512_mask_storeu_ps(out + i + 48, m3, a3);
   }
+}
+
+KITE_TARGET_AVX512 void weighted_rows(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n,
+                                      float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+  weighted_rows_acc(p, v, stride, rows, n, out);
 }
 
 KITE_TARGET_AVX512 void to_f32(const void* src, DType from, float* dst, int64_t n) {
@@ -171,8 +192,8 @@ KITE_TARGET_AVX512 void to_f32(const void* src, DType from, float* dst, int64_t 
 }  // namespace
 
 const VecOps& vec_ops_avx512() {
-  static const VecOps ops{dot,      sum_squares, scale_mul, axpy,          scale, exp_sub_sum,
-                          silu_mul, add,         dot_rows,  weighted_rows, to_f32};
+  static const VecOps ops{dot,      sum_squares,   scale_mul,         axpy,  scale, exp_sub_sum, silu_mul, add,
+                          dot_rows, weighted_rows, weighted_rows_acc, to_f32};
   return ops;
 }
 

@@ -62,9 +62,13 @@ void dot_rows(const float* q, const float* k, int64_t stride, int64_t rows, int6
   for (int64_t j = 0; j < rows; ++j) out[j] = dot(q, k + j * stride, n);
 }
 
+void weighted_rows_acc(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n, float* out) {
+  for (int64_t j = 0; j < rows; ++j) axpy(p[j], v + j * stride, out, n);
+}
+
 void weighted_rows(const float* p, const float* v, int64_t stride, int64_t rows, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
-  for (int64_t j = 0; j < rows; ++j) axpy(p[j], v + j * stride, out, n);
+  weighted_rows_acc(p, v, stride, rows, n, out);
 }
 
 void to_f32(const void* src, DType from, float* dst, int64_t n) { convert_to_f32(src, from, dst, size_t(n)); }
@@ -72,8 +76,8 @@ void to_f32(const void* src, DType from, float* dst, int64_t n) { convert_to_f32
 }  // namespace
 
 const VecOps& vec_ops_scalar() {
-  static const VecOps ops{dot,      sum_squares, scale_mul, axpy,          scale, exp_sub_sum,
-                          silu_mul, add,         dot_rows,  weighted_rows, to_f32};
+  static const VecOps ops{dot,      sum_squares,   scale_mul,         axpy,  scale, exp_sub_sum, silu_mul, add,
+                          dot_rows, weighted_rows, weighted_rows_acc, to_f32};
   return ops;
 }
 

@@ -4,6 +4,8 @@
 #include "backend/ops/attention.h"
 #include "backend/ops/embedding.h"
 #include "backend/ops/linear.h"
+#include "backend/ops/paged_attention.h"
 #include "backend/ops/rms_norm.h"
 #include "backend/ops/rope.h"
 #include "backend/ops/silu_mul.h"
+#include "backend/ops/write_kv_cache.h"

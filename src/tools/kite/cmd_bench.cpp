@@ -57,7 +57,9 @@ Run add_bench(CLI::App& app) {
   c->add_option("--reps,-r", a->reps, "Repetitions; the best is reported")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  return [a] {
+  Run throughput = add_bench_throughput(*bench);
+  return [a, c, throughput] {
+    if (!c->parsed()) return throughput();
     if (a->batch != 1)
       fail("--batch", "batch", "{} is not supported yet: this command measures one sequence (use 1)", a->batch);
     auto model = load_model(a->model);

@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "core/error.h"
-#include "model/generation.h"
+#include "engine/async_engine.h"
 #include "tools/kite/commands.h"
 #include "tools/kite/model_files.h"
 
@@ -27,6 +27,7 @@ struct GenerateArgs {
   int64_t seed = -1;
   int64_t context = 0;
   bool ignore_eos = false;
+  std::vector<std::string> stop;
 };
 
 int run_generate(const GenerateArgs& a) {
@@ -48,40 +49,53 @@ int run_generate(const GenerateArgs& a) {
     ids = tok->encode(a.prompt, true);
   }
 
-  GenerateOptions opt;
-  opt.max_tokens = a.max_tokens;
-  opt.context = a.context;
-  opt.sampling.temperature = a.temperature;
-  opt.sampling.top_p = a.top_p;
-  opt.sampling.top_k = a.top_k;
-  opt.sampling.min_p = a.min_p;
-  opt.sampling.repetition_penalty = a.repetition_penalty;
-  opt.sampling.presence_penalty = a.presence_penalty;
-  opt.sampling.frequency_penalty = a.frequency_penalty;
-  if (a.seed >= 0) opt.sampling.seed = uint64_t(a.seed);
-  opt.sampling.validate("kite generate");
-  if (!a.ignore_eos) opt.stop_ids = stop_ids_for(a.model, *model, *tok);
+  GenerationParams gp;
+  gp.max_tokens = a.max_tokens;
+  gp.sampling.temperature = a.temperature;
+  gp.sampling.top_p = a.top_p;
+  gp.sampling.top_k = a.top_k;
+  gp.sampling.min_p = a.min_p;
+  gp.sampling.repetition_penalty = a.repetition_penalty;
+  gp.sampling.presence_penalty = a.presence_penalty;
+  gp.sampling.frequency_penalty = a.frequency_penalty;
+  if (a.seed >= 0) gp.sampling.seed = uint64_t(a.seed);
+  gp.ignore_eos = a.ignore_eos;
+  gp.stop = a.stop;
+  gp.validate("kite generate");
 
-  // Prime the detokenizer with the prompt so the first generated piece keeps
-  // its leading space (" the", not "the"), as vLLM's streaming output does.
-  IncrementalDetokenizer detok(*tok);
-  for (int32_t id : ids) detok.push(id);
-  auto st = generate(*model, ids, opt, [&](int32_t id) {
-    bool stop = std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) != opt.stop_ids.end();
-    if (!stop) {
-      std::string piece = detok.push(id);
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
+  // The engine sized for this one request: a KV pool of exactly its context.
+  const ModelConfig& cfg = model->config();
+  EngineConfig ec;
+  ec.max_model_len = a.context > 0 ? a.context : cfg.max_position_embeddings;
+  if (int64_t(ids.size()) >= ec.max_model_len)
+    fail("--prompt", "prompt", "{} prompt tokens leave no room to generate in a context of {}", ids.size(),
+         ec.max_model_len);
+  gp.max_tokens = std::min<int64_t>(gp.max_tokens, ec.max_model_len - int64_t(ids.size()));
+  ec.num_blocks = (int64_t(ids.size()) + gp.max_tokens + ec.block_size - 1) / ec.block_size;
+  ec.eos_ids = stop_ids_for(a.model, *model, *tok);
+  const int64_t prompt_tokens = int64_t(ids.size());
+  AsyncEngine engine(std::make_unique<Engine>(*model, tok.get(), ec));
+  auto stream = engine.submit("generate", std::move(ids), gp);
+  RequestOutput out;
+  RequestMetrics m;
+  std::string error;
+  while (stream->next(out)) {
+    for (const SampleOutput& s : out.samples) {
+      std::fwrite(s.text.data(), 1, s.text.size(), stdout);
       std::fflush(stdout);
     }
-    return true;
-  });
-  std::string rest = detok.flush();
-  std::fwrite(rest.data(), 1, rest.size(), stdout);
+    if (out.finished) {
+      m = out.metrics;
+      error = out.error;
+    }
+  }
   std::fputc('\n', stdout);
   std::fflush(stdout);
+  if (!error.empty()) throw Error("kite generate", "engine", error);
+  const double ttft = m.first_token - m.arrival, decode = m.last_token - m.first_token;
   std::fprintf(stderr, "load: %.2f s | prompt: %lld tokens, %.1f tok/s | generation: %lld tokens, %.1f tok/s\n", load_s,
-               (long long)st.prompt_tokens, st.prompt_seconds > 0 ? st.prompt_tokens / st.prompt_seconds : 0.0,
-               (long long)st.generated, st.decode_seconds > 0 ? double(st.generated - 1) / st.decode_seconds : 0.0);
+               (long long)prompt_tokens, ttft > 0 ? double(prompt_tokens) / ttft : 0.0, (long long)m.generated_tokens,
+               decode > 0 ? double(m.generated_tokens - 1) / decode : 0.0);
   return 0;
 }
 }  // namespace
@@ -113,6 +127,7 @@ Run add_generate(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--ctx", a->context, "Context size in tokens; 0 = the model's maximum")->capture_default_str();
   c->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past end-of-sequence tokens");
+  c->add_option("--stop", a->stop, "Stop when the text contains this string (repeatable); it is not printed");
   return [a] { return run_generate(*a); };
 }
 

@@ -1,0 +1,35 @@
+#pragma once
+#include "core/tensor.h"
+
+namespace kite::ops {
+
+// Causal grouped-query attention for a batch of sequences whose K/V live in
+// a paged cache (vLLM's layout; block_size token slots per block).
+//
+// The queries of all sequences are concatenated: sequence s owns query rows
+// [query_start[s], query_start[s + 1]); they are its newest tokens, so with
+// n_q = query_start[s + 1] - query_start[s] and L = context_lens[s], query
+// row i (0-based within s) sits at position L - n_q + i and attends to key
+// positions [0, L - n_q + i]. Key position p of sequence s lives in slot
+// p % block_size of block block_tables[s][p / block_size]. Query head h
+// reads KV head h / (n_heads / n_kv_heads). Softmax in F32 with the max
+// subtracted. Entries of block_tables past a sequence's last block are
+// ignored (pad them with -1).
+//
+// q:            [n_tokens, n_heads, head_dim] F32
+// k_cache:      [num_blocks, block_size, n_kv_heads, head_dim] F32
+// v_cache:      [num_blocks, block_size, n_kv_heads, head_dim] F32
+// query_start:  [n_seqs + 1] I32, query_start[0] = 0, non-decreasing, last = n_tokens (on q's device)
+// context_lens: [n_seqs] I32, context_lens[s] >= its query count (on q's device)
+// block_tables: [n_seqs, max_blocks_per_seq] I32 (on q's device)
+// out:          [n_tokens, n_heads, head_dim] F32
+//
+// With the same keys in the same order, the result equals ops::attention on
+// the sequence's contiguous K/V (bitwise on the CPU, at any SIMD level).
+// Malformed indices (query_start out of order, a context shorter than its
+// queries, a block table too narrow for a context, a block id within a
+// context outside [0, num_blocks)) raise kite::Error before anything is read.
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
+                     const Tensor& context_lens, const Tensor& block_tables, float scale, Tensor& out);
+
+}  // namespace kite::ops
