@@ -127,7 +127,9 @@ uint8_t f32_to_fp8_e4m3(float f) {
 
 void convert_to_f32(const void* src, DType from, float* dst, size_t n) {
   switch (from) {
-    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F32:
+      if (n) std::memcpy(dst, src, n * 4);  // src may be null for an empty tensor
+      return;
     case DType::BF16: {
       auto* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
@@ -168,7 +170,9 @@ void convert_to_f32(const void* src, DType from, float* dst, size_t n) {
 
 void convert_from_f32(const float* src, void* dst, DType to, size_t n) {
   switch (to) {
-    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F32:
+      if (n) std::memcpy(dst, src, n * 4);  // src may be null for an empty tensor
+      return;
     case DType::BF16: {
       auto* d = static_cast<uint16_t*>(dst);
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
