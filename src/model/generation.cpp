@@ -49,6 +49,23 @@ GenerateStats generate(Model& model, std::span<const int32_t> prompt, const Gene
 }
 
 double PerplexityResult::ppl() const { return tokens_scored ? std::exp(nll_sum / double(tokens_scored)) : 0.0; }
+double PerplexityResult::base_ppl() const {
+  return tokens_scored ? std::exp(base_nll_sum / double(tokens_scored)) : 0.0;
+}
+
+double PerplexityResult::mean_kl() const {
+  double s = 0;
+  for (float k : kl) s += k;
+  return kl.empty() ? 0.0 : s / double(kl.size());
+}
+
+double PerplexityResult::kl_quantile(double q) const {
+  if (kl.empty()) return 0.0;
+  std::vector<float> v = kl;
+  const size_t at = std::min(v.size() - 1, size_t(q * double(v.size() - 1) + 0.5));
+  std::nth_element(v.begin(), v.begin() + ptrdiff_t(at), v.end());
+  return v[at];
+}
 
 double log_sum_exp(std::span<const float> logits) {
   double mx = *std::max_element(logits.begin(), logits.end());
@@ -57,28 +74,99 @@ double log_sum_exp(std::span<const float> logits) {
   return mx + std::log(s);
 }
 
-PerplexityResult perplexity(Model& model, std::span<const int32_t> ids, int64_t ctx,
-                            const std::function<void(int64_t, int64_t)>& progress) {
-  if (ctx < 2) fail("--ctx", "ctx", "{} is too small; expected at least 2 tokens per window", ctx);
-  const int64_t n = int64_t(ids.size()), vocab = model.config().vocab_size;
-  const int64_t windows = (n + ctx - 1) / ctx;
+namespace {
+
+// One window: tokens [begin, begin + len) run on their own; logits at window
+// positions [score_from, len - 1) are scored against the next token.
+struct Window {
+  int64_t begin, len, score_from;
+};
+
+std::vector<Window> plan_windows(int64_t n, const PerplexityOptions& o) {
+  std::vector<Window> w;
+  if (o.score_second_half) {
+    for (int64_t b = 0; b + o.ctx <= n; b += o.ctx) w.push_back({b, o.ctx, o.ctx / 2});
+  } else if (o.stride > 0) {
+    int64_t prev_end = 0;
+    for (int64_t b = 0; b < n; b += o.stride) {
+      const int64_t e = std::min(b + o.ctx, n);
+      // Score targets t in [max(b + 1, prev_end), e): logits at t - 1.
+      const int64_t first_target = std::max(b + 1, prev_end);
+      if (e - b >= 2 && first_target < e) w.push_back({b, e - b, first_target - 1 - b});
+      prev_end = e;
+      if (e == n) break;
+    }
+  } else {
+    for (int64_t b = 0; b < n; b += o.ctx) {
+      const int64_t len = std::min(o.ctx, n - b);
+      if (len >= 2) w.push_back({b, len, 0});
+    }
+  }
+  return w;
+}
+
+}  // namespace
+
+PerplexityResult perplexity(Model& model, std::span<const int32_t> ids, const PerplexityOptions& o) {
+  if (o.ctx < 2) fail("--ctx", "ctx", "{} is too small; expected at least 2 tokens per window", o.ctx);
+  if (o.stride < 0 || o.stride > o.ctx)
+    fail("--stride", "stride", "{} is invalid; expected 1 to ctx = {} (or 0 for non-overlapping windows)", o.stride,
+         o.ctx);
+  if (o.stride > 0 && o.score_second_half)
+    fail("--stride", "stride", "choose either --stride or --score-second-half, not both");
+  const int64_t vocab = model.config().vocab_size;
+  if (o.kl_base && o.kl_base->config().vocab_size != vocab)
+    fail("--kl-base", "vocab_size", "the base model has {} tokens, the model {}; they must share a vocabulary",
+         o.kl_base->config().vocab_size, vocab);
+  const std::vector<Window> windows = plan_windows(int64_t(ids.size()), o);
+  if (o.score_second_half && windows.empty())
+    fail("--ctx", "ctx", "the text has {} tokens, fewer than one window of {}", ids.size(), o.ctx);
   PerplexityResult r;
-  KvCache cache(model.config(), ctx);
-  for (int64_t w = 0; w < windows; ++w) {
-    const int64_t begin = w * ctx, len = std::min(ctx, n - begin);
-    if (len >= 2) {
-      cache.clear();
-      Tensor logits = model.forward(ids.subspan(size_t(begin), size_t(len)), cache, true);  // [len, vocab]
-      const float* lp = logits.data_as<const float>();
-      for (int64_t i = 0; i + 1 < len; ++i) {
-        std::span<const float> row(lp + i * vocab, size_t(vocab));
-        r.nll_sum += log_sum_exp(row) - double(row[size_t(ids[size_t(begin + i + 1)])]);
-        ++r.tokens_scored;
+  KvCache cache(model.config(), o.ctx);
+  std::unique_ptr<KvCache> base_cache;
+  if (o.kl_base) base_cache = std::make_unique<KvCache>(o.kl_base->config(), o.ctx);
+  std::vector<int32_t> tokens;
+  for (size_t wi = 0; wi < windows.size(); ++wi) {
+    const Window& w = windows[wi];
+    tokens.assign(ids.begin() + w.begin, ids.begin() + w.begin + w.len);
+    if (o.score_second_half) tokens[0] = o.bos_id;
+    cache.clear();
+    Tensor logits = model.forward(tokens, cache, true);  // [len, vocab]
+    Tensor base_logits;
+    if (o.kl_base) {
+      base_cache->clear();
+      base_logits = o.kl_base->forward(tokens, *base_cache, true);  // [len, vocab]
+    }
+    for (int64_t i = w.score_from; i + 1 < w.len; ++i) {
+      std::span<const float> row(logits.data_as<const float>() + i * vocab, size_t(vocab));
+      const int32_t target = tokens[size_t(i + 1)];
+      const double lse = log_sum_exp(row);
+      r.nll_sum += lse - double(row[size_t(target)]);
+      ++r.tokens_scored;
+      if (o.kl_base) {
+        std::span<const float> base(base_logits.data_as<const float>() + i * vocab, size_t(vocab));
+        const double base_lse = log_sum_exp(base);
+        r.base_nll_sum += base_lse - double(base[size_t(target)]);
+        double kl = 0;
+        for (int64_t v = 0; v < vocab; ++v) {
+          const double lp = double(base[size_t(v)]) - base_lse;
+          kl += std::exp(lp) * (lp - (double(row[size_t(v)]) - lse));
+        }
+        r.kl.push_back(float(std::max(0.0, kl)));
+        if (argmax(base) == argmax(row)) ++r.same_top;
       }
     }
-    if (progress) progress(w + 1, windows);
+    if (o.progress) o.progress(int64_t(wi) + 1, int64_t(windows.size()));
   }
   return r;
+}
+
+PerplexityResult perplexity(Model& model, std::span<const int32_t> ids, int64_t ctx,
+                            const std::function<void(int64_t, int64_t)>& progress) {
+  PerplexityOptions o;
+  o.ctx = ctx;
+  o.progress = progress;
+  return perplexity(model, ids, o);
 }
 
 }  // namespace kite

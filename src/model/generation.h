@@ -31,15 +31,44 @@ struct GenerateStats {
 GenerateStats generate(Model& model, std::span<const int32_t> prompt, const GenerateOptions& options,
                        const std::function<bool(int32_t)>& on_token);
 
+struct PerplexityOptions {
+  int64_t ctx = 512;  // window size in tokens
+  // 0: consecutive non-overlapping windows from token 0, each run on its
+  // own, every position after the first of a window scored (the
+  // shared/README method). > 0: HF's sliding window: windows of ctx tokens
+  // starting every `stride` tokens, each scoring only the tokens no earlier
+  // window scored.
+  int64_t stride = 0;
+  // llama-perplexity's method: whole windows of ctx tokens (a shorter tail
+  // is dropped), the first token of each replaced by BOS, only the second
+  // half of each window scored.
+  bool score_second_half = false;
+  int32_t bos_id = 1;  // for score_second_half
+  // When set: KL divergence KL(base || model) of the next-token
+  // distributions and top-token agreement, at every scored position.
+  Model* kl_base = nullptr;
+  std::function<void(int64_t, int64_t)> progress;  // (windows done, windows); may be empty
+};
+
 struct PerplexityResult {
   double nll_sum = 0;  // natural log
   int64_t tokens_scored = 0;
   double ppl() const;
+  // With kl_base:
+  double base_nll_sum = 0;
+  double base_ppl() const;
+  std::vector<float> kl;  // per scored position, nats
+  int64_t same_top = 0;   // positions where both models' argmax agree
+  double mean_kl() const;
+  double kl_quantile(double q) const;  // e.g. 0.99
+  double same_top_rate() const { return tokens_scored ? double(same_top) / double(tokens_scored) : 0.0; }
 };
 
-// The shared/README method: consecutive non-overlapping windows of `ctx`
-// tokens from token 0, each run on its own; every position after the first
-// of a window is scored. progress(done_windows, total_windows) may be null.
+// Scores `ids` (the whole text tokenized once, BOS first) as `options` says.
+PerplexityResult perplexity(Model& model, std::span<const int32_t> ids, const PerplexityOptions& options);
+
+// The shared/README method with windows of `ctx` tokens. progress(done_windows,
+// total_windows) may be null.
 PerplexityResult perplexity(Model& model, std::span<const int32_t> ids, int64_t ctx,
                             const std::function<void(int64_t, int64_t)>& progress = {});
 
