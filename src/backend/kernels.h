@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "core/quant_weight.h"
 #include "core/tensor.h"
 
 namespace kite {
@@ -14,6 +15,8 @@ struct Kernels {
   void (*embedding)(const Tensor& table, const Tensor& ids, Tensor& out) = nullptr;
   void (*rms_norm)(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = nullptr;
   void (*linear)(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = nullptr;
+  // Quantized weights (never Dense: ops::linear_q forwards those to linear).
+  void (*linear_q)(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor& y) = nullptr;
   void (*rope)(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) = nullptr;
   void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale,
                     Tensor& out) = nullptr;

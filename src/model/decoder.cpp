@@ -7,17 +7,46 @@
 
 namespace kite {
 
+namespace {
+// y = x @ w^T (+ bias) for a dense or quantized weight.
+void linear(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor& y) {
+  if (w.quantized())
+    ops::linear_q(x, w, bias, y);
+  else
+    ops::linear(x, w.dense, bias, y);
+}
+const Tensor* opt(const Tensor& t) { return t.defined() ? &t : nullptr; }
+}  // namespace
+
+QuantWeight& layer_linear(LayerWeights& l, std::string_view name) {
+  if (name == "self_attn.q_proj") return l.attn.wq;
+  if (name == "self_attn.k_proj") return l.attn.wk;
+  if (name == "self_attn.v_proj") return l.attn.wv;
+  if (name == "self_attn.o_proj") return l.attn.wo;
+  if (name == "mlp.gate_proj") return l.mlp.gate;
+  if (name == "mlp.up_proj") return l.mlp.up;
+  if (name == "mlp.down_proj") return l.mlp.down;
+  fail("model", std::string(name), "not a linear of a decoder layer");
+}
+
+const QuantWeight& layer_linear(const LayerWeights& l, std::string_view name) {
+  return layer_linear(const_cast<LayerWeights&>(l), name);
+}
+
 DecoderWeights load_decoder_weights(const ModelConfig& c, const ArchTraits& traits, const WeightLookup& get,
-                                    const WeightExists& has) {
+                                    const WeightExists& has, const LinearLookup& get_linear_opt) {
+  const LinearLookup get_linear = get_linear_opt ? get_linear_opt : [&](const std::string& m, int64_t out, int64_t in) {
+    return QuantWeight::from_dense(get(m + ".weight", {out, in}));
+  };
   const int64_t d = c.hidden_size, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
   const int64_t ffn = c.intermediate_size;
   DecoderWeights w;
   w.embed = get("model.embed_tokens.weight", {c.vocab_size, d});
   w.final_norm = get("model.norm.weight", {d});
   if (c.tie_word_embeddings && !has("lm_head.weight")) {
-    w.lm_head = w.embed;
+    w.lm_head = QuantWeight::from_dense(w.embed);
   } else {
-    w.lm_head = get("lm_head.weight", {c.vocab_size, d});
+    w.lm_head = get_linear("lm_head", c.vocab_size, d);
   }
   w.layers.resize(size_t(c.num_layers));
   for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -25,10 +54,10 @@ DecoderWeights load_decoder_weights(const ModelConfig& c, const ArchTraits& trai
     LayerWeights& l = w.layers[size_t(i)];
     l.attn_norm = get(p + "input_layernorm.weight", {d});
     l.mlp_norm = get(p + "post_attention_layernorm.weight", {d});
-    l.attn.wq = get(p + "self_attn.q_proj.weight", {q_dim, d});
-    l.attn.wk = get(p + "self_attn.k_proj.weight", {kv_dim, d});
-    l.attn.wv = get(p + "self_attn.v_proj.weight", {kv_dim, d});
-    l.attn.wo = get(p + "self_attn.o_proj.weight", {d, q_dim});
+    l.attn.wq = get_linear(p + "self_attn.q_proj", q_dim, d);
+    l.attn.wk = get_linear(p + "self_attn.k_proj", kv_dim, d);
+    l.attn.wv = get_linear(p + "self_attn.v_proj", kv_dim, d);
+    l.attn.wo = get_linear(p + "self_attn.o_proj", d, q_dim);
     if (traits.qkv_bias || c.attention_bias) {
       l.attn.bq = get(p + "self_attn.q_proj.bias", {q_dim});
       l.attn.bk = get(p + "self_attn.k_proj.bias", {kv_dim});
@@ -38,9 +67,9 @@ DecoderWeights load_decoder_weights(const ModelConfig& c, const ArchTraits& trai
       l.attn.q_norm = get(p + "self_attn.q_norm.weight", {hd});
       l.attn.k_norm = get(p + "self_attn.k_norm.weight", {hd});
     }
-    l.mlp.gate = get(p + "mlp.gate_proj.weight", {ffn, d});
-    l.mlp.up = get(p + "mlp.up_proj.weight", {ffn, d});
-    l.mlp.down = get(p + "mlp.down_proj.weight", {d, ffn});
+    l.mlp.gate = get_linear(p + "mlp.gate_proj", ffn, d);
+    l.mlp.up = get_linear(p + "mlp.up_proj", ffn, d);
+    l.mlp.down = get_linear(p + "mlp.down_proj", d, ffn);
   }
   return w;
 }
@@ -65,27 +94,33 @@ RopeFrequencies DecoderModel::rope_for(int64_t seq_len) const {
 
 size_t DecoderModel::weight_bytes() const {
   size_t n = w_.embed.nbytes() / size_t(config_.vocab_size);  // one embedding row per token
-  n += w_.final_norm.nbytes() + w_.lm_head.nbytes();
+  n += w_.final_norm.nbytes() + w_.lm_head.storage_bytes();
   for (const LayerWeights& l : w_.layers) {
     for (const Tensor* t :
-         {&l.attn_norm, &l.mlp_norm, &l.attn.wq, &l.attn.wk, &l.attn.wv, &l.attn.wo, &l.attn.bq, &l.attn.bk, &l.attn.bv,
-          &l.attn.q_norm, &l.attn.k_norm, &l.mlp.gate, &l.mlp.up, &l.mlp.down})
+         {&l.attn_norm, &l.mlp_norm, &l.attn.bq, &l.attn.bk, &l.attn.bv, &l.attn.q_norm, &l.attn.k_norm})
       if (t->defined()) n += t->nbytes();
+    for (const QuantWeight* q : {&l.attn.wq, &l.attn.wk, &l.attn.wv, &l.attn.wo, &l.mlp.gate, &l.mlp.up, &l.mlp.down})
+      n += q->storage_bytes();
   }
   return n;
 }
 
 void DecoderModel::attention_block(const LayerWeights& w, int64_t layer, const Tensor& x, const Attend& attend,
-                                   Tensor& out) {
+                                   Tensor& out, const LayerObserver* observer) {
   const ModelConfig& c = config_;
   const int64_t n = x.dim(0), hd = c.head_dim;
   const Device dev = x.device();
   Tensor q = Tensor::empty({n, c.num_heads * hd}, DType::F32, dev);     // [n, n_heads*hd]
   Tensor k = Tensor::empty({n, c.num_kv_heads * hd}, DType::F32, dev);  // [n, n_kv*hd]
   Tensor v = Tensor::empty({n, c.num_kv_heads * hd}, DType::F32, dev);  // [n, n_kv*hd]
-  ops::linear(x, w.attn.wq, w.attn.bq.defined() ? &w.attn.bq : nullptr, q);
-  ops::linear(x, w.attn.wk, w.attn.bk.defined() ? &w.attn.bk : nullptr, k);
-  ops::linear(x, w.attn.wv, w.attn.bv.defined() ? &w.attn.bv : nullptr, v);
+  if (observer) {
+    (*observer)("self_attn.q_proj", x);
+    (*observer)("self_attn.k_proj", x);
+    (*observer)("self_attn.v_proj", x);
+  }
+  linear(x, w.attn.wq, opt(w.attn.bq), q);
+  linear(x, w.attn.wk, opt(w.attn.bk), k);
+  linear(x, w.attn.wv, opt(w.attn.bv), v);
   if (w.attn.q_norm.defined()) {
     Tensor qf = q.reshape({n * c.num_heads, hd});
     ops::rms_norm(qf, w.attn.q_norm, float(c.rms_norm_eps), qf);
@@ -95,17 +130,28 @@ void DecoderModel::attention_block(const LayerWeights& w, int64_t layer, const T
   Tensor attn = Tensor::empty({n, c.num_heads, hd}, DType::F32, dev);  // [n, n_heads, hd]
   attend(layer, q.reshape({n, c.num_heads, hd}), k.reshape({n, c.num_kv_heads, hd}), v.reshape({n, c.num_kv_heads, hd}),
          attn);
-  ops::linear(attn.reshape({n, c.num_heads * hd}), w.attn.wo, nullptr, out);
+  Tensor attn2 = attn.reshape({n, c.num_heads * hd});  // [n, n_heads*hd]
+  if (observer) {
+    (*observer)("k_cache", k);  // rotated by attend
+    (*observer)("v_cache", v);
+    (*observer)("self_attn.o_proj", attn2);
+  }
+  linear(attn2, w.attn.wo, nullptr, out);
 }
 
-void DecoderModel::mlp_block(const MlpWeights& w, const Tensor& x, Tensor& out) {
+void DecoderModel::mlp_block(const MlpWeights& w, const Tensor& x, Tensor& out, const LayerObserver* observer) {
   const int64_t n = x.dim(0), ffn = config_.intermediate_size;
   Tensor gate = Tensor::empty({n, ffn}, DType::F32, x.device());  // [n, ffn]
   Tensor up = Tensor::empty({n, ffn}, DType::F32, x.device());    // [n, ffn]
-  ops::linear(x, w.gate, nullptr, gate);
-  ops::linear(x, w.up, nullptr, up);
+  if (observer) {
+    (*observer)("mlp.gate_proj", x);
+    (*observer)("mlp.up_proj", x);
+  }
+  linear(x, w.gate, nullptr, gate);
+  linear(x, w.up, nullptr, up);
   ops::silu_mul(gate, up, gate);
-  ops::linear(gate, w.down, nullptr, out);
+  if (observer) (*observer)("mlp.down_proj", gate);
+  linear(gate, w.down, nullptr, out);
 }
 
 void DecoderModel::check_tokens(std::span<const int32_t> tokens, const char* source) const {
@@ -126,15 +172,7 @@ Tensor DecoderModel::run(std::span<const int32_t> tokens, std::span<const int32_
   Tensor h = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] normed input of a block
   Tensor y = Tensor::empty({n, d}, DType::F32, dev);  // [n, d] block output
   ops::embedding(w_.embed, ids, x);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& lw = w_.layers[size_t(l)];
-    ops::rms_norm(x, lw.attn_norm, float(c.rms_norm_eps), h);
-    attention_block(lw, l, h, attend, y);
-    ops::add(x, y, x);
-    ops::rms_norm(x, lw.mlp_norm, float(c.rms_norm_eps), h);
-    mlp_block(lw.mlp, h, y);
-    ops::add(x, y, x);
-  }
+  for (int64_t l = 0; l < c.num_layers; ++l) layer(l, x, h, y, attend, nullptr);
   // The rows whose logits are wanted, gathered with the embedding op.
   Tensor rows = Tensor::empty({int64_t(logit_rows.size())}, DType::I32);  // [m]
   std::copy(logit_rows.begin(), logit_rows.end(), rows.data_as<int32_t>());
@@ -146,9 +184,55 @@ Tensor DecoderModel::run(std::span<const int32_t> tokens, std::span<const int32_
   Tensor logits = Tensor::empty({m, c.vocab_size}, DType::F32, dev);  // [m, vocab]
   if (m > 0) {
     ops::rms_norm(last, w_.final_norm, float(c.rms_norm_eps), normed);
-    ops::linear(normed, w_.lm_head, nullptr, logits);
+    linear(normed, w_.lm_head, nullptr, logits);
   }
   return dev.is_cpu() ? logits : logits.to(kCpu);
+}
+
+void DecoderModel::layer(int64_t l, Tensor& x, Tensor& h, Tensor& y, const Attend& attend,
+                         const LayerObserver* observer) {
+  const LayerWeights& lw = w_.layers[size_t(l)];
+  const float eps = float(config_.rms_norm_eps);
+  ops::rms_norm(x, lw.attn_norm, eps, h);
+  attention_block(lw, l, h, attend, y, observer);
+  ops::add(x, y, x);
+  ops::rms_norm(x, lw.mlp_norm, eps, h);
+  mlp_block(lw.mlp, h, y, observer);
+  ops::add(x, y, x);
+}
+
+Tensor DecoderModel::embed(std::span<const int32_t> tokens) {
+  check_tokens(tokens, "embed");
+  const int64_t n = int64_t(tokens.size());
+  const Device dev = w_.embed.device();
+  Tensor ids = Tensor::empty({n}, DType::I32);  // [n]
+  std::copy(tokens.begin(), tokens.end(), ids.data_as<int32_t>());
+  if (!dev.is_cpu()) ids = ids.to(dev);
+  Tensor x = Tensor::empty({n, config_.hidden_size}, DType::F32, dev);  // [n, d]
+  ops::embedding(w_.embed, ids, x);
+  return x;
+}
+
+void DecoderModel::run_layer(int64_t l, Tensor& x, const LayerObserver& observer) {
+  const ModelConfig& c = config_;
+  const int64_t n = x.dim(0);
+  const Device dev = x.device();
+  Tensor positions = Tensor::empty({n}, DType::I32);  // [n]
+  for (int64_t i = 0; i < n; ++i) positions.data_as<int32_t>()[i] = int32_t(i);
+  const RopeFrequencies rope = rope_is_dynamic(c) ? rope_for(n) : static_rope_;
+  Tensor inv_freq = Tensor::from_floats({int64_t(rope.inv_freq.size())}, rope.inv_freq);
+  if (!dev.is_cpu()) {
+    positions = positions.to(dev);
+    inv_freq = inv_freq.to(dev);
+  }
+  const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  Attend attend = [&](int64_t, Tensor q, Tensor k, Tensor v, Tensor& out) {
+    ops::rope(q, positions, inv_freq, rope.attention_factor);
+    ops::rope(k, positions, inv_freq, rope.attention_factor);
+    ops::attention(q, k, v, 0, scale, out);
+  };
+  Tensor h = Tensor::empty(x.shape(), DType::F32, dev), y = Tensor::empty(x.shape(), DType::F32, dev);
+  layer(l, x, h, y, attend, observer ? &observer : nullptr);
 }
 
 Tensor DecoderModel::forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) {

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace kite {
 
@@ -137,24 +138,39 @@ PerplexityResult perplexity(Model& model, std::span<const int32_t> ids, const Pe
       base_cache->clear();
       base_logits = o.kl_base->forward(tokens, *base_cache, true);  // [len, vocab]
     }
-    for (int64_t i = w.score_from; i + 1 < w.len; ++i) {
-      std::span<const float> row(logits.data_as<const float>() + i * vocab, size_t(vocab));
-      const int32_t target = tokens[size_t(i + 1)];
-      const double lse = log_sum_exp(row);
-      r.nll_sum += lse - double(row[size_t(target)]);
-      ++r.tokens_scored;
-      if (o.kl_base) {
+    // Scored rows in parallel; per-row results summed in order afterwards,
+    // so the figures do not depend on the thread count.
+    const int64_t rows = std::max<int64_t>(0, w.len - 1 - w.score_from);
+    const size_t n_rows = static_cast<size_t>(rows);
+    std::vector<double> nll(n_rows), base_nll(n_rows), kl(n_rows);
+    std::vector<char> same(n_rows);
+    parallel_for(rows, 8, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        const int64_t i = w.score_from + k;
+        std::span<const float> row(logits.data_as<const float>() + i * vocab, size_t(vocab));
+        const int32_t target = tokens[size_t(i + 1)];
+        const double lse = log_sum_exp(row);
+        nll[size_t(k)] = lse - double(row[size_t(target)]);
+        if (!o.kl_base) continue;
         std::span<const float> base(base_logits.data_as<const float>() + i * vocab, size_t(vocab));
         const double base_lse = log_sum_exp(base);
-        r.base_nll_sum += base_lse - double(base[size_t(target)]);
-        double kl = 0;
+        base_nll[size_t(k)] = base_lse - double(base[size_t(target)]);
+        double d = 0;
         for (int64_t v = 0; v < vocab; ++v) {
           const double lp = double(base[size_t(v)]) - base_lse;
-          kl += std::exp(lp) * (lp - (double(row[size_t(v)]) - lse));
+          d += std::exp(lp) * (lp - (double(row[size_t(v)]) - lse));
         }
-        r.kl.push_back(float(std::max(0.0, kl)));
-        if (argmax(base) == argmax(row)) ++r.same_top;
+        kl[size_t(k)] = std::max(0.0, d);
+        same[size_t(k)] = argmax(base) == argmax(row);
       }
+    });
+    for (int64_t k = 0; k < rows; ++k) {
+      r.nll_sum += nll[size_t(k)];
+      ++r.tokens_scored;
+      if (!o.kl_base) continue;
+      r.base_nll_sum += base_nll[size_t(k)];
+      r.kl.push_back(float(kl[size_t(k)]));
+      r.same_top += same[size_t(k)];
     }
     if (o.progress) o.progress(int64_t(wi) + 1, int64_t(windows.size()));
   }

@@ -1,11 +1,13 @@
 // load_model: Hugging Face directories (safetensors) and GGUF files.
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "model/decoder.h"
+#include "model/quantized_checkpoint.h"
 
 namespace kite {
 
@@ -40,7 +42,20 @@ std::unique_ptr<Model> load_hf(const std::string& dir, const LoadOptions& option
     return options.device.is_cpu() ? t : t.to(options.device);
   };
   auto has = [&](const std::string& name) { return ckpt.has(name); };
-  DecoderWeights w = load_decoder_weights(config, arch_traits(config), get, has);
+  // A quantized checkpoint (Kite's, AutoGPTQ, AutoAWQ, compressed-tensors,
+  // bitsandbytes) says so in config.json (or AutoGPTQ's quantize_config.json).
+  LinearLookup get_linear;
+  std::string quant_config;
+  {
+    const nlohmann::json cfg = nlohmann::json::parse(read_text_file(config_path), nullptr, false);
+    const auto qc_file = std::filesystem::path(dir) / "quantize_config.json";
+    if (cfg.is_object() && cfg.contains("quantization_config"))
+      quant_config = cfg["quantization_config"].dump();
+    else if (std::filesystem::exists(qc_file))
+      quant_config = read_text_file(qc_file.string());
+  }
+  if (!quant_config.empty()) get_linear = quantized_linear_lookup(ckpt, config_path, quant_config, options.device);
+  DecoderWeights w = load_decoder_weights(config, arch_traits(config), get, has, get_linear);
   std::vector<std::shared_ptr<void>> keep;
   for (const auto& f : ckpt.files()) keep.push_back(std::const_pointer_cast<SafetensorsFile>(f));
   return std::make_unique<DecoderModel>(std::move(config), dir, std::move(w), std::move(keep));

@@ -131,10 +131,62 @@ TEST(Cli, BenchThroughputRunsTheBatchedEngine) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Cli, QuantizeWritesACheckpointThatPplAndGenerateLoad) {
+  auto dir = std::filesystem::temp_directory_path() / ("kite_cli_q_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  Result q = run("quantize --model " + kModel + " --out " + dir.string() + " --method int8");
+  ASSERT_EQ(q.status, 0) << q.err;
+  EXPECT_TRUE(std::filesystem::exists(dir / "quantization_report.json"));
+  auto text = std::filesystem::temp_directory_path() / ("kite_cli_q_text_" + std::to_string(::getpid()));
+  std::ofstream(text) << kite::read_text_file(std::string(KITE_SHARED_DIR) + "/text/valid/jargon.txt").substr(0, 3000);
+  Result p = run("ppl --model " + dir.string() + " --text " + text.string() + " --kl-base " + kModel + " -q");
+  ASSERT_EQ(p.status, 0) << p.err;
+  EXPECT_NE(p.out.find("mean KLD: "), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find("same top token: "), std::string::npos) << p.out;
+  EXPECT_EQ(p.out.rfind("ppl: "), p.out.rfind('\n', p.out.size() - 2) + 1) << "ppl must be the last line";
+  Result g = run("generate --model " + dir.string() + " --prompt 'The kernel' --max-tokens 8");
+  EXPECT_EQ(g.status, 0) << g.err;
+  EXPECT_GT(g.out.size(), 4u);
+  // A quantized model is not quantized again.
+  Result again = run("quantize --model " + dir.string() + " --out " + dir.string() + "2 --method int4");
+  EXPECT_EQ(again.status, 2);
+  EXPECT_NE(again.err.find("already quantized"), std::string::npos) << again.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.string() + "2"));
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(text);
+}
+
+TEST(Cli, QuantizeBadInputIsOneLineExitTwoAndLeavesNothing) {
+  auto tmp = std::filesystem::temp_directory_path() / ("kite_cli_qbad_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(tmp);
+  std::ofstream(tmp / "empty.txt") << "  \n";
+  std::ofstream(tmp / "bad.yaml") << "\"*.down_proj\": {bits: 8}\nlm_head: : bad\n";
+  const std::string out = (tmp / "out").string();
+  const std::string base = "quantize --model " + kModel + " --out " + out + " ";
+  struct Case {
+    std::string args, must_mention;
+  };
+  for (const Case& c : {Case{"--method int3", "int3"}, Case{"--method gptq --bits 3 --calib x", "bits"},
+                        Case{"--method int4 --group-size 100", "group_size"}, Case{"--method gptq", "--calib"},
+                        Case{"--method gptq --calib /nonexistent.txt", "/nonexistent.txt"},
+                        Case{"--method awq --calib " + (tmp / "empty.txt").string(), "empty"},
+                        Case{"--method int4 --overrides " + (tmp / "bad.yaml").string(), "line 2"}}) {
+    Result r = run(base + c.args);
+    EXPECT_EQ(r.status, 2) << c.args << "\n" << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c.args << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.must_mention), std::string::npos) << c.args << "\n" << r.err;
+    EXPECT_FALSE(std::filesystem::exists(out)) << c.args << " left an output directory";
+    for (const auto& e : std::filesystem::directory_iterator(tmp))
+      EXPECT_EQ(e.path().filename().string().find(".partial"), std::string::npos) << c.args;
+  }
+  std::filesystem::remove_all(tmp);
+}
+
 TEST(Cli, HelpDescribesEveryCommand) {
   Result r = run("--help");
   EXPECT_EQ(r.status, 0);
-  for (const char* cmd : {"generate", "tokenize", "ppl", "bench"}) EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
+  for (const char* cmd : {"generate", "tokenize", "ppl", "bench", "quantize"})
+    EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
   Result g = run("generate --help");
   for (const char* flag : {"--top-p", "--top-k", "--min-p", "--seed", "--chat", "--max-tokens", "--temperature"})
     EXPECT_NE(g.out.find(flag), std::string::npos) << flag;

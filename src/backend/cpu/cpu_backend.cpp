@@ -89,6 +89,9 @@ void register_kernels(Kernels& table) {
     rms_norm(x, w, eps, out, simd_level());
   };
   table.linear = [](const Tensor& x, const Tensor& w, const Tensor* b, Tensor& y) { linear(x, w, b, y, simd_level()); };
+  table.linear_q = [](const Tensor& x, const QuantWeight& w, const Tensor* b, Tensor& y) {
+    linear_q(x, w, b, y, simd_level());
+  };
   table.rope = [](Tensor& x, const Tensor& pos, const Tensor& inv_freq, float factor) {
     rope(x, pos, inv_freq, factor);
   };

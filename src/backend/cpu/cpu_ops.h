@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "backend/cpu/cpu_backend.h"
+#include "core/quant_weight.h"
 #include "core/tensor.h"
 
 namespace kite::cpu {
@@ -13,6 +14,8 @@ namespace kite::cpu {
 void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
 void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, SimdLevel level);
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, SimdLevel level);
+// A quantized (not Dense) weight; perm values are range-checked here.
+void linear_q(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor& y, SimdLevel level);
 // cos/sin dominate rope and are evaluated in double: one path for every level.
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor);
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale, Tensor& out,

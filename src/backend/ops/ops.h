@@ -4,6 +4,7 @@
 #include "backend/ops/attention.h"
 #include "backend/ops/embedding.h"
 #include "backend/ops/linear.h"
+#include "backend/ops/linear_q.h"
 #include "backend/ops/paged_attention.h"
 #include "backend/ops/rms_norm.h"
 #include "backend/ops/rope.h"

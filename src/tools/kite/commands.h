@@ -11,6 +11,7 @@ using Run = std::function<int()>;
 Run add_generate(CLI::App& app);
 Run add_tokenize(CLI::App& app);
 Run add_ppl(CLI::App& app);
+Run add_quantize(CLI::App& app);
 Run add_bench(CLI::App& app);
 // `kite bench throughput`, registered under the bench subcommand.
 Run add_bench_throughput(CLI::App& bench);

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   add(kite::cli::add_generate);
   add(kite::cli::add_tokenize);
   add(kite::cli::add_ppl);
+  add(kite::cli::add_quantize);
   add(kite::cli::add_bench);
   try {
     app.parse(argc, argv);
