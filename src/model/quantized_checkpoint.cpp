@@ -15,9 +15,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-quant::QuantLayout layout_enum(const QuantizeOptions& o, bool asym_gptq) {
-  (void)asym_gptq;
-  switch (o.method) {
+quant::QuantLayout layout_enum(QuantMethod method) {
+  switch (method) {
     case QuantMethod::Gptq: return quant::QuantLayout::Gptq;
     case QuantMethod::Awq: return quant::QuantLayout::Awq;
     case QuantMethod::Nf4: return quant::QuantLayout::BnbNf4;
@@ -86,11 +85,7 @@ bool is_quantized_checkpoint(const std::string& dir) {
   }
 }
 
-std::string_view layout_for_method(QuantMethod m) {
-  QuantizeOptions o;
-  o.method = m;
-  return quant::quant_layout_name(layout_enum(o, false));
-}
+std::string_view layout_for_method(QuantMethod m) { return quant::quant_layout_name(layout_enum(m)); }
 
 void save_quantized_checkpoint(const DecoderModel& model, const std::string& src_dir, const std::string& out_dir,
                                const QuantizeOptions& o, const QuantizeReport& report) {
@@ -137,7 +132,7 @@ void save_quantized_checkpoint(const DecoderModel& model, const std::string& src
   qo.ignore = ignore;
   if (!head_quantized && std::find(qo.ignore.begin(), qo.ignore.end(), "lm_head") == qo.ignore.end())
     qo.ignore.push_back("lm_head");
-  const quant::QuantLayout layout = layout_enum(o, any_asym);
+  const quant::QuantLayout layout = layout_enum(o.method);
   // GPTQ configs record skipped modules and per-module bits / group size
   // as GPTQModel does: "dynamic", regex keys, "-:" = left unquantized.
   nlohmann::json dynamic = nlohmann::json::object();
