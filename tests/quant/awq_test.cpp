@@ -10,17 +10,13 @@
 #include "core/error.h"
 #include "quant/rtn.h"
 #include "quant/smoothquant.h"
+#include "quant_test_util.h"
 
 namespace kite::quant {
 namespace {
 
-std::vector<float> normal(int64_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, sigma);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = nd(rng);
-  return v;
-}
+using test::expect_error;
+using test::normal;
 
 // Activations [n, in] ~ N(0, 1) whose channels in `outliers` are 20-50x larger.
 std::vector<float> activations(int64_t n, int64_t in, const std::vector<int64_t>& outliers, uint32_t seed) {
@@ -48,16 +44,6 @@ double output_sq_error(const std::vector<float>& x, const std::vector<float>& w,
       s += y * y;
     }
   return s;
-}
-
-template <typename F>
-void expect_error(F&& f, const std::string& field) {
-  try {
-    f();
-    ADD_FAILURE() << "expected kite::Error on field " << field;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.field(), field) << e.what();
-  }
 }
 
 const std::vector<int64_t> kOutliers = {5, 77, 130, 131, 300, 411, 480, 509};

@@ -10,17 +10,13 @@
 
 #include "core/error.h"
 #include "quant/rtn.h"
+#include "quant_test_util.h"
 
 namespace kite::quant {
 namespace {
 
-std::vector<float> normal(int64_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, sigma);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = nd(rng);
-  return v;
-}
+using test::expect_error;
+using test::normal;
 
 // Correlated activations x = z M: [n, in] with z ~ N(0, 1) and a random
 // M: [in, in], so H = 2/n x^T x is far from diagonal and ill-conditioned.
@@ -74,16 +70,6 @@ double output_error(const HessianAccumulator& acc, const std::vector<float>& w, 
 
 double output_error(const HessianAccumulator& acc, const Tensor& w, const QuantWeight& q) {
   return output_error(acc, w.to_floats(), dequantize(q).to_floats());
-}
-
-template <typename F>
-void expect_error(F&& f, const std::string& field) {
-  try {
-    f();
-    ADD_FAILURE() << "expected kite::Error on field " << field;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.field(), field) << e.what();
-  }
 }
 
 TEST(Gptq, HessianIsTwoOverNXtX) {

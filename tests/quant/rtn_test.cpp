@@ -8,9 +8,13 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "quant_test_util.h"
 
 namespace kite::quant {
 namespace {
+
+using test::expect_error;
+using test::normal;
 
 // [out, in] N(0, sigma) with a sprinkling of 8x outliers.
 std::vector<float> random_values(int64_t out, int64_t in, uint32_t seed, float sigma = 0.02f) {
@@ -30,16 +34,6 @@ int code_at(const QuantWeight& q, int64_t r, int64_t i) {
   if (q.scheme == QuantScheme::Int8) return q.qdata.data_as<const int8_t>()[r * q.in + i];
   if (q.scheme == QuantScheme::Fp8) return q.qdata.data_as<const uint8_t>()[r * q.in + i];
   return get_nibble(q.qdata.data_as<const uint8_t>() + r * (q.in / 2), i);
-}
-
-template <typename F>
-void expect_error(F&& f, const std::string& field) {
-  try {
-    f();
-    ADD_FAILURE() << "expected kite::Error on field " << field;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.field(), field) << e.what();
-  }
 }
 
 // |w - dq| <= s / 2 for every element of an int-scheme weight; codes in range.

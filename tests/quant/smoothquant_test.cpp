@@ -9,17 +9,13 @@
 
 #include "core/error.h"
 #include "quant/rtn.h"
+#include "quant_test_util.h"
 
 namespace kite::quant {
 namespace {
 
-std::vector<float> normal(int64_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, sigma);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = nd(rng);
-  return v;
-}
+using test::expect_error;
+using test::normal;
 
 std::vector<float> with_outliers(int64_t n, int64_t in, uint32_t seed) {
   std::vector<float> x = normal(n * in, seed);
@@ -33,16 +29,6 @@ std::vector<float> col_absmax(const std::vector<float>& m, int64_t in) {
   std::vector<float> a(size_t(in), 0.0f);
   for (size_t k = 0; k < m.size(); ++k) a[k % size_t(in)] = std::max(a[k % size_t(in)], std::fabs(m[k]));
   return a;
-}
-
-template <typename F>
-void expect_error(F&& f, const std::string& field) {
-  try {
-    f();
-    ADD_FAILURE() << "expected kite::Error on field " << field;
-  } catch (const Error& e) {
-    EXPECT_EQ(e.field(), field) << e.what();
-  }
 }
 
 TEST(SmoothQuant, AbsMaxAccumulator) {
