@@ -7,4 +7,4 @@ cd "$(dirname "$0")/../.."
 mkdir -p .deps
 cd .deps
 apt-get download nlohmann-json3-dev libcli11-dev libfmt-dev libfmt9 libpcre2-dev libpcre2-8-0 \
-  libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian libyaml-cpp-dev libyaml-cpp0.7
+  libgtest-dev libgmock-dev libbenchmark-dev libbenchmark1debian libyaml-cpp-dev libyaml-cpp0.7 libboost1.81-dev

@@ -54,7 +54,7 @@ std::shared_ptr<RequestStream> AsyncEngine::submit(const std::string& id, std::v
     std::lock_guard lock(mu_);
     if (stop_) fail("request", "id", "the engine is shutting down");
     if (streams_.count(id)) fail("request", "id", "a request with id '{}' is already running", id);
-    if (max_waiting_ > 0 && stats_.num_waiting + int64_t(adds_.size()) >= max_waiting_)
+    if (max_waiting_ > 0 && stats_.num_waiting + int64_t(adds_.size()) + in_transit_ >= max_waiting_)
       fail("request", "queue", "the waiting queue is full ({} requests); retry later", max_waiting_);
     streams_.emplace(id, stream);
     adds_.push_back({id, std::move(prompt), params});
@@ -101,6 +101,7 @@ void AsyncEngine::loop() {
       cv_.wait(lock, [&] { return stop_ || !adds_.empty() || !aborts_.empty() || engine_->has_work(); });
       adds.swap(adds_);
       aborts.swap(aborts_);
+      in_transit_ = int64_t(adds.size());  // counted as waiting until stats_ covers them
       stopping = stop_;
     }
     std::vector<std::pair<std::shared_ptr<RequestStream>, RequestOutput>> failed;
@@ -159,6 +160,7 @@ void AsyncEngine::loop() {
         streams_.clear();
       }
       stats_ = engine_->stats();
+      in_transit_ = 0;
     }
     for (auto& [stream, o] : ready) stream->push(std::move(o));
     if (!error.empty()) {

@@ -79,6 +79,7 @@ class AsyncEngine {
   std::unordered_map<std::string, std::shared_ptr<RequestStream>> streams_;
   EngineStats stats_;
   int64_t max_waiting_ = 0;  // 0 = unlimited
+  int64_t in_transit_ = 0;   // requests taken from adds_ that stats_ does not count yet
   bool stop_ = false;
   std::condition_variable idle_cv_;
   std::thread thread_;

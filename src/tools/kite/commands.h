@@ -13,6 +13,7 @@ Run add_tokenize(CLI::App& app);
 Run add_ppl(CLI::App& app);
 Run add_quantize(CLI::App& app);
 Run add_bench(CLI::App& app);
+Run add_serve(CLI::App& app);
 // `kite bench throughput`, registered under the bench subcommand.
 Run add_bench_throughput(CLI::App& bench);
 

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   add(kite::cli::add_ppl);
   add(kite::cli::add_quantize);
   add(kite::cli::add_bench);
+  add(kite::cli::add_serve);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
