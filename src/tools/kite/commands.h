@@ -14,6 +14,7 @@ Run add_ppl(CLI::App& app);
 Run add_quantize(CLI::App& app);
 Run add_bench(CLI::App& app);
 Run add_serve(CLI::App& app);
+Run add_make_model(CLI::App& app);
 // `kite bench throughput`, registered under the bench subcommand.
 Run add_bench_throughput(CLI::App& bench);
 

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   add(kite::cli::add_quantize);
   add(kite::cli::add_bench);
   add(kite::cli::add_serve);
+  add(kite::cli::add_make_model);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

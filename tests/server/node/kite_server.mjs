@@ -12,7 +12,8 @@ export const MODEL = path.join(SHARED, 'models/kite-ref');
 
 export async function startServer(extraArgs = [], env = {}) {
   const args = ['serve', '--model', MODEL, '--host', '127.0.0.1', '--port', '0', '--served-model-name', 'kite-ref',
-    '--max-model-len', '1024', '--kv-cache-memory', '512MiB', ...extraArgs];
+    '--max-model-len', '1024', '--kv-cache-memory', '512MiB',
+    ...(process.env.KITE_SERVE_EXTRA ?? '').split(' ').filter(Boolean), ...extraArgs];
   const proc = spawn(KITE_BIN, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const port = await new Promise((resolve, reject) => {
