@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs ON THE GPU MACHINE (device tool), from the repo root, with .deps carried:
-#   bash scripts/device/run.sh [fixtures]
+#   bash scripts/device/run.sh [fixtures|fixtures-only] [bench] [no-cpu-tests]
 # Unpacks the carried Debian packages into /tmp/deps, builds Kite with the
-# CUDA backend for sm_90a (-j16), runs the CUDA tests and the CPU tests, and
-# with "fixtures" regenerates the HF reference fixtures into $OUT. Prints a
-# short table last.
+# CUDA backend for sm_90a (-j16), runs the CUDA tests and the CPU tests; with
+# "fixtures" regenerates the HF reference fixtures into $OUT; with "bench"
+# writes a random Llama-3-8B-shaped BF16 checkpoint and runs kite bench and
+# the CUDA microbenchmarks (results in $OUT/bench.json). Prints a short table last.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -32,17 +33,30 @@ mkdir -p /tmp/deps
 for f in .deps/*.deb; do dpkg -x "$f" /tmp/deps; done
 export CMAKE_PREFIX_PATH=/tmp/deps/usr
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+want() { for x in "$@"; do for a in "${ARGS[@]}"; do [ "$a" = "$x" ] && return 0; done; done; return 1; }
+ARGS=("$@")
 step configure cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON -DKITE_CUDA_ARCH=90a \
-  -DKITE_BUILD_BENCH=OFF -DKITE_SHARED_DIR="$(realpath "$SHARED")" -DCMAKE_INCLUDE_PATH=/tmp/deps/usr/include -DCMAKE_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu
+  -DKITE_BUILD_BENCH=ON -DKITE_SHARED_DIR="$(realpath "$SHARED")" -DCMAKE_INCLUDE_PATH=/tmp/deps/usr/include -DCMAKE_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu
 step build cmake --build build-device -j16
 step cuda_tests ctest --test-dir build-device -R Cuda --output-on-failure
-step cpu_tests ctest --test-dir build-device -E Cuda --output-on-failure -j16
-step generate ./build-device/kite generate --model $SHARED/models/kite-ref --prompt "The kernel scheduler" --max-tokens 32
+want no-cpu-tests || step cpu_tests ctest --test-dir build-device -E Cuda --output-on-failure -j16
+step generate ./build-device/kite generate --device cuda --model $SHARED/models/kite-ref --prompt "The kernel scheduler" --max-tokens 32
 cp build-device/Testing/Temporary/LastTest.log "$OUT/" 2>/dev/null || true
+if want bench; then
+  K=./build-device/kite
+  M=/tmp/llama3-8b
+  [ -f $M/config.json ] || step make_model $K make-model --shape llama3-8b --random --dtype bf16 $M
+  : > "$OUT/bench.json"
+  bench() { local name=$1; shift; step "$name" bash -c "$K bench $* --device cuda --model $M --json | tail -1 >> $OUT/bench.json"; }
+  bench decode_b1 latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2
+  bench batch_256 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1
+  for b in build-device/bench/cuda_*_bench; do step "$(basename "$b")" "$b" --benchmark_min_time=0.2s; done
+  cat "$OUT/bench.json"
+fi
 
 echo
 echo "| step | result |"
 echo "|---|---|"
-for s in fixtures configure build cuda_tests cpu_tests generate; do
+for s in fixtures configure build cuda_tests cpu_tests generate make_model decode_b1 batch_256 cuda_attention_bench cuda_dense_bench; do
   [ -n "${result[$s]:-}" ] && echo "| $s | ${result[$s]} |"
 done

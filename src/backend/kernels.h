@@ -5,6 +5,7 @@
 // the dispatcher raises a clear error.
 #include <cstdint>
 
+#include "backend/ops/paged_attention.h"
 #include "core/device.h"
 #include "core/quant_weight.h"
 #include "core/tensor.h"
@@ -20,12 +21,21 @@ struct Kernels {
   void (*rope)(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) = nullptr;
   void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale,
                     Tensor& out) = nullptr;
+  // hints arrive resolved: max_query_len and max_context_len are >= 0.
   void (*paged_attention)(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
-                          const Tensor& context_lens, const Tensor& block_tables, float scale, Tensor& out) = nullptr;
+                          const Tensor& context_lens, const Tensor& block_tables, float scale,
+                          const ops::PagedAttentionHints& hints, Tensor& out) = nullptr;
   void (*write_kv_cache)(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache,
                          Tensor& v_cache) = nullptr;
   void (*silu_mul)(const Tensor& gate, const Tensor& up, Tensor& out) = nullptr;
   void (*add)(const Tensor& a, const Tensor& b, Tensor& out) = nullptr;
+  void (*rope_write_kv_cache)(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                              const Tensor& inv_freq, float attention_factor, const Tensor& slot_mapping,
+                              Tensor& k_cache, Tensor& v_cache) = nullptr;
+  // residual += x, then out = rms_norm(residual) (ops/add_rms_norm.h).
+  void (*add_rms_norm)(const Tensor& x, Tensor& residual, const Tensor& weight, float eps, Tensor& out) = nullptr;
+  // out[r] = argmax of row r of x [m, n] F32 (ops/argmax.h).
+  void (*argmax)(const Tensor& x, Tensor& out) = nullptr;
 };
 
 // The table for a device kind (throws kite::Error when the kind is absent).

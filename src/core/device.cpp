@@ -48,4 +48,10 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
   device_memory(k).copy(dst, dst_dev, src, src_dev, bytes);
 }
 
+void copy_bytes_2d(void* dst, size_t dpitch, Device dst_dev, const void* src, size_t spitch, Device src_dev,
+                   size_t width, size_t height) {
+  DeviceKind k = dst_dev.is_cpu() ? src_dev.kind : dst_dev.kind;
+  device_memory(k).copy_2d(dst, dpitch, dst_dev, src, spitch, src_dev, width, height);
+}
+
 }  // namespace kite

@@ -29,6 +29,13 @@ class DeviceMemory {
   virtual void deallocate(void* p, int device_index) = 0;
   virtual void copy(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) = 0;
   virtual void memset_zero(void* dst, Device dev, size_t bytes) = 0;
+  // `height` rows of `width` bytes, rows `spitch` / `dpitch` bytes apart.
+  // The default copies row by row; devices override it with one call.
+  virtual void copy_2d(void* dst, size_t dpitch, Device dst_dev, const void* src, size_t spitch, Device src_dev,
+                       size_t width, size_t height) {
+    for (size_t r = 0; r < height; ++r)
+      copy(static_cast<char*>(dst) + r * dpitch, dst_dev, static_cast<const char*>(src) + r * spitch, src_dev, width);
+  }
 };
 
 // Registered by the backend layer; CPU is always present. Throws kite::Error
@@ -39,5 +46,8 @@ void register_device_memory(DeviceKind kind, DeviceMemory* memory);
 
 // Copies bytes between any two devices.
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes);
+// Copies `height` rows of `width` bytes between any two devices.
+void copy_bytes_2d(void* dst, size_t dpitch, Device dst_dev, const void* src, size_t spitch, Device src_dev,
+                   size_t width, size_t height);
 
 }  // namespace kite

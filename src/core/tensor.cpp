@@ -142,8 +142,15 @@ void Tensor::copy_from(const Tensor& src) {
     copy_bytes(data(), device(), src.data(), src.device(), nbytes());
     return;
   }
-  // Strided copy: walk rows of the last dimension when it is contiguous in
-  // both, else element by element. Only host-side views are strided in practice.
+  // Row-strided 2-D views (a column block of a matrix, say): one 2-D copy,
+  // on any device.
+  if (ndim() == 2 && strides_[1] == 1 && src.strides_[1] == 1) {
+    const size_t es = dtype_size(dtype_);
+    copy_bytes_2d(data(), size_t(strides_[0]) * es, device(), src.data(), size_t(src.strides_[0]) * es, src.device(),
+                  size_t(shape_[1]) * es, size_t(shape_[0]));
+    return;
+  }
+  // Other strided copies: element by element, on the host.
   KITE_CHECK(device().is_cpu() && src.device().is_cpu(), "strided copy across devices");
   const size_t es = dtype_size(dtype_);
   const int nd = ndim();

@@ -6,6 +6,7 @@
 #include <limits>
 #include <random>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "model/generation.h"
 
@@ -98,7 +99,7 @@ EngineConfig Engine::resolve(const Model& model, EngineConfig c) {
     fail("engine", "max_model_len", "{} is invalid; expected 2 to the model's max_position_embeddings = {}",
          c.max_model_len, m.max_position_embeddings);
   if (c.num_blocks == 0) {
-    const size_t per_block = PagedKvCache::bytes_per_block(m, c.block_size);
+    const size_t per_block = PagedKvCache::bytes_per_block(m, c.block_size, model.kv_dtype());
     c.num_blocks = int64_t(c.kv_cache_memory / per_block);
     if (c.num_blocks < 1)
       fail("engine", "kv_cache_memory", "{} bytes hold no KV block of {} bytes; give more KV cache memory",
@@ -108,14 +109,40 @@ EngineConfig Engine::resolve(const Model& model, EngineConfig c) {
   return c;
 }
 
+size_t plan_kv_cache_memory(Model& model, const EngineConfig& c, double utilization, std::string* report) {
+  const Device dev = model.device();
+  if (dev.is_cpu()) return c.kv_cache_memory;
+  if (!(utilization > 0 && utilization <= 1))
+    fail("engine", "gpu_memory_utilization", "{} is invalid; expected a fraction in (0, 1]", utilization);
+  const size_t act =
+      model.activation_bytes(c.scheduler.max_num_batched_tokens, c.enforce_eager ? 0 : c.scheduler.max_num_seqs);
+  empty_cache(dev);
+  const size_t total = device_total_memory(dev), free_now = device_free_memory(dev);
+  const double budget = utilization * double(total) - double(total - free_now) - double(act);
+  const size_t per_block = PagedKvCache::bytes_per_block(model.config(), c.block_size, model.kv_dtype());
+  if (budget < double(per_block))
+    fail("engine", "gpu_memory_utilization",
+         "{:.2f} of {:.1f} GiB leaves no room for the KV cache: {:.1f} GiB in use (weights, runtime), {:.1f} GiB for "
+         "activations; raise --gpu-memory-utilization or lower --max-num-batched-tokens / --max-num-seqs",
+         utilization, double(total) / (1 << 30), double(total - free_now) / (1 << 30), double(act) / (1 << 30));
+  if (report)
+    *report = fmt::format(
+        "memory: {:.1f} GiB device, {:.2f} used: {:.2f} GiB weights and runtime, {:.2f} GiB activations and graph "
+        "buffers, {:.2f} GiB KV cache",
+        double(total) / (1 << 30), utilization, double(total - free_now) / (1 << 30), double(act) / (1 << 30),
+        budget / (1 << 30));
+  return size_t(budget);
+}
+
 Engine::Engine(Model& model, const Tokenizer* tokenizer, const EngineConfig& config)
     : model_(model),
       tokenizer_(tokenizer),
       config_(resolve(model, config)),
-      cache_(model.config(), config_.num_blocks, config_.block_size, model.device()),
+      cache_(model.config(), config_.num_blocks, config_.block_size, model.device(), model.kv_dtype()),
       blocks_(config_.num_blocks, config_.block_size, config_.enable_prefix_caching),
       scheduler_(config_.scheduler, blocks_) {
   counters_.kv_blocks_total = config_.num_blocks;
+  model_.prepare(cache_, config_.scheduler.max_num_seqs, config_.max_model_len, config_.enforce_eager);
 }
 
 Engine::~Engine() = default;
@@ -268,7 +295,24 @@ std::vector<RequestOutput> Engine::step() {
   for (const BlockCopy& c : out.copies) cache_.copy_block(c.src, c.dst);
   std::vector<StepRows> rows;
   BatchInput batch = build_batch(out, rows);
-  Tensor logits = model_.forward_batch(batch, cache_);  // [n_logits, vocab]
+  // Steps whose every sampled row is plain greedy let a device model pick
+  // the tokens itself and send back only the ids.
+  bool ids_only = model_.has_device_argmax();
+  for (size_t k = 0; ids_only && k < out.chunks.size(); ++k) {
+    const Request& r = *out.chunks[k].seq->request;
+    const SamplingParams& sp = r.params.sampling;
+    if (rows[k].prompt_count > 0 || r.params.logprobs >= 0 || !sp.greedy() || sp.repetition_penalty != 1.0f ||
+        sp.presence_penalty != 0.0f || sp.frequency_penalty != 0.0f)
+      ids_only = false;
+    for (const SampleState& st : r.samples)
+      if (st.generated < r.params.min_tokens) ids_only = false;  // EOS masking changes the argmax
+  }
+  Tensor logits;                // [n_logits, vocab] F32
+  std::vector<int32_t> picked;  // [n_logits] when ids_only
+  if (ids_only)
+    picked = model_.forward_batch_argmax(batch, cache_);
+  else
+    logits = model_.forward_batch(batch, cache_);
   const double now = now_seconds();
   counters_.forward_seconds += now - t1;
   scheduler_.finish_step(out);
@@ -276,7 +320,8 @@ std::vector<RequestOutput> Engine::step() {
 
   std::vector<Request*> touched;
   for (size_t k = 0; k < out.chunks.size(); ++k)
-    process_chunk(out.chunks[k], rows[k], logits.data_as<const float>(), now, touched);
+    process_chunk(out.chunks[k], rows[k], ids_only ? nullptr : logits.data_as<const float>(),
+                  ids_only ? picked.data() : nullptr, now, touched);
   for (Request* r : touched) {
     const bool final = r->finished();
     if (final) r->metrics.finished = now;
@@ -290,8 +335,8 @@ std::vector<RequestOutput> Engine::step() {
   return outputs;
 }
 
-void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const float* logits, double now,
-                           std::vector<Request*>& touched) {
+void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const float* logits,
+                           const int32_t* picked, double now, std::vector<Request*>& touched) {
   Sequence& seq = *chunk.seq;
   Request& r = *seq.request;
   const int64_t vocab = model_.config().vocab_size;
@@ -305,7 +350,8 @@ void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows, co
                                               seq.tokens[size_t(pos + 1)], r.params.prompt_logprobs));
   }
   if (rows.sample_row < 0) return;
-  const float* row = logits + rows.sample_row * vocab;
+  const float* row = logits ? logits + rows.sample_row * vocab : nullptr;
+  const int32_t chosen = picked ? picked[rows.sample_row] : -1;
   if (seq.index == 0 && r.seqs.size() < size_t(r.params.n)) {
     // The prompt is done: fork the other samples, sharing its blocks.
     for (int32_t i = 1; i < r.params.n; ++i) {
@@ -323,28 +369,31 @@ void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows, co
       scheduler_.add_running(child.get());
       r.seqs.push_back(std::move(child));
     }
-    for (auto& s : r.seqs) sample_token(r, *s, row, now);
+    for (auto& s : r.seqs) sample_token(r, *s, row, chosen, now);
     return;
   }
-  sample_token(r, seq, row, now);
+  sample_token(r, seq, row, chosen, now);
 }
 
-void Engine::sample_token(Request& r, Sequence& seq, const float* row, double now) {
+void Engine::sample_token(Request& r, Sequence& seq, const float* row, int32_t chosen, double now) {
   SampleState& s = r.samples[size_t(seq.index)];
   const GenerationParams& p = r.params;
   const int64_t vocab = model_.config().vocab_size;
-  std::vector<float> logits(row, row + vocab);
-  if (s.generated < p.min_tokens) {
-    for (int32_t t : p.stop_token_ids)
-      if (t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
-    if (!p.ignore_eos)
-      for (int32_t t : config_.eos_ids)
-        if (t >= 0 && t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
+  int32_t tok = chosen;  // picked on the device (greedy steps) when row is null
+  if (row) {
+    std::vector<float> logits(row, row + vocab);
+    if (s.generated < p.min_tokens) {
+      for (int32_t t : p.stop_token_ids)
+        if (t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
+      if (!p.ignore_eos)
+        for (int32_t t : config_.eos_ids)
+          if (t >= 0 && t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
+    }
+    std::span<const int32_t> all(seq.tokens);
+    tok =
+        s.sampler.sample(logits, all.first(size_t(seq.num_prompt_tokens)), all.subspan(size_t(seq.num_prompt_tokens)));
+    if (p.logprobs >= 0) s.new_logprobs.push_back(make_logprobs(row, vocab, tok, p.logprobs));
   }
-  std::span<const int32_t> all(seq.tokens);
-  const int32_t tok =
-      s.sampler.sample(logits, all.first(size_t(seq.num_prompt_tokens)), all.subspan(size_t(seq.num_prompt_tokens)));
-  if (p.logprobs >= 0) s.new_logprobs.push_back(make_logprobs(row, vocab, tok, p.logprobs));
   seq.tokens.push_back(tok);
   s.new_ids.push_back(tok);
   ++s.generated;

@@ -28,6 +28,7 @@ struct EngineConfig {
   size_t kv_cache_memory = size_t(1) << 30;  // bytes for the KV pool when num_blocks is 0
   int64_t max_model_len = 0;                 // 0 = the model's max_position_embeddings
   bool enable_prefix_caching = true;
+  bool enforce_eager = false;  // no CUDA graphs for decode steps
   SchedulerConfig scheduler;
   std::vector<int32_t> eos_ids;  // the model's end-of-sequence ids (generation_config.json)
 };
@@ -47,6 +48,14 @@ struct EngineStats {
   double schedule_seconds = 0;  // host time spent in the scheduler, since start
   double forward_seconds = 0;   // time spent in forward passes (incl. copies), since start
 };
+
+// The KV-cache bytes that fit on the model's device when the process may
+// use `utilization` of the device's memory: that share of the total, less
+// what is in use now (weights, the runtime), less the model's activations
+// for max_num_batched_tokens and its decode-graph buffers. `report` (if
+// given) receives one line with the figures. Throws kite::Error when
+// nothing is left for the cache. CPU models: returns config.kv_cache_memory.
+size_t plan_kv_cache_memory(Model& model, const EngineConfig& config, double utilization, std::string* report);
 
 class Engine {
  public:
@@ -83,9 +92,11 @@ class Engine {
 
   static EngineConfig resolve(const Model& model, EngineConfig config);
   BatchInput build_batch(const SchedulerOutput& out, std::vector<StepRows>& rows) const;
-  void process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const float* logits, double now,
-                     std::vector<Request*>& touched);
-  void sample_token(Request& r, Sequence& seq, const float* row, double now);
+  // logits: [n_logits, vocab] F32, or null when the device picked the
+  // tokens (picked[n_logits]).
+  void process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const float* logits, const int32_t* picked,
+                     double now, std::vector<Request*>& touched);
+  void sample_token(Request& r, Sequence& seq, const float* row, int32_t chosen, double now);
   void append_text(Request& r, SampleState& s, Sequence& seq, bool final);
   void finish_sample(Request& r, Sequence& seq, FinishReason why);
   RequestOutput collect(Request& r, bool final);

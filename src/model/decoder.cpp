@@ -353,19 +353,19 @@ void KvCache::set_size(int64_t n) {
 
 namespace kite {
 
-PagedKvCache::PagedKvCache(const ModelConfig& c, int64_t num_blocks, int64_t block_size, Device device)
+PagedKvCache::PagedKvCache(const ModelConfig& c, int64_t num_blocks, int64_t block_size, Device device, DType dtype)
     : num_blocks_(num_blocks), block_size_(block_size) {
   if (num_blocks < 1 || block_size < 1)
     fail("kv cache", "num_blocks", "{} blocks of {} tokens; expected at least one block of one token", num_blocks,
          block_size);
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    k_.push_back(Tensor::zeros({num_blocks, block_size, c.num_kv_heads, c.head_dim}, DType::F32, device));
-    v_.push_back(Tensor::zeros({num_blocks, block_size, c.num_kv_heads, c.head_dim}, DType::F32, device));
+    k_.push_back(Tensor::zeros({num_blocks, block_size, c.num_kv_heads, c.head_dim}, dtype, device));
+    v_.push_back(Tensor::zeros({num_blocks, block_size, c.num_kv_heads, c.head_dim}, dtype, device));
   }
 }
 
-size_t PagedKvCache::bytes_per_block(const ModelConfig& c, int64_t block_size) {
-  return size_t(2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim) * dtype_size(DType::F32);
+size_t PagedKvCache::bytes_per_block(const ModelConfig& c, int64_t block_size, DType dtype) {
+  return size_t(2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim) * dtype_size(dtype);
 }
 
 void PagedKvCache::copy_block(int64_t src, int64_t dst) {

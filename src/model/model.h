@@ -30,13 +30,15 @@ class KvCache {
 };
 
 // Paged K/V storage for the engine: per layer, K and V of
-// [num_blocks, block_size, n_kv_heads, head_dim] F32. Which slots belong to
-// which sequence is the engine's business (engine/block_manager.h).
+// [num_blocks, block_size, n_kv_heads, head_dim] in the model's KV dtype
+// (F32 on the CPU, BF16 on CUDA). Which slots belong to which sequence is
+// the engine's business (engine/block_manager.h).
 class PagedKvCache {
  public:
-  PagedKvCache(const ModelConfig& config, int64_t num_blocks, int64_t block_size, Device device = kCpu);
+  PagedKvCache(const ModelConfig& config, int64_t num_blocks, int64_t block_size, Device device = kCpu,
+               DType dtype = DType::F32);
   // Bytes one block takes over all layers (K and V).
-  static size_t bytes_per_block(const ModelConfig& config, int64_t block_size);
+  static size_t bytes_per_block(const ModelConfig& config, int64_t block_size, DType dtype = DType::F32);
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   Tensor& k(int64_t layer) { return k_[size_t(layer)]; }  // [num_blocks, block_size, n_kv_heads, head_dim]
@@ -76,7 +78,8 @@ class Model {
   virtual ~Model() = default;
   const ModelConfig& config() const { return config_; }
   const std::string& path() const { return path_; }
-  virtual Device device() const = 0;  // where the weights live
+  virtual Device device() const = 0;                     // where the weights live
+  virtual DType kv_dtype() const { return DType::F32; }  // of the paged KV cache it runs on
   // Bytes of weights read by one decode step (for bandwidth floors).
   virtual size_t weight_bytes() const = 0;
 
@@ -90,6 +93,25 @@ class Model {
   // batch.logit_rows: [n_logits, vocab] F32 on the CPU. Throws kite::Error
   // on an inconsistent batch.
   virtual Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) = 0;
+  // forward_batch, then the most likely token of each logit row (lowest id
+  // on ties). Models whose has_device_argmax() is true pick on the device
+  // and move only the ids; the engine uses it for steps where every row is
+  // plain greedy.
+  virtual std::vector<int32_t> forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache);
+  virtual bool has_device_argmax() const { return false; }
+  // Device memory a forward of up to max_batched_tokens tokens needs beyond
+  // the weights and the KV cache (peak activations, measured), plus the
+  // buffers prepare() will keep for max_num_seqs-sequence graphs. 0 on the CPU.
+  virtual size_t activation_bytes(int64_t max_batched_tokens, int64_t max_num_seqs) {
+    (void)max_batched_tokens, (void)max_num_seqs;
+    return 0;
+  }
+  // Called once by the engine with the cache it will run on: a device model
+  // records its decode steps as graphs for batches of up to max_num_seqs
+  // sequences (unless enforce_eager). Default: nothing to prepare.
+  virtual void prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t max_model_len, bool enforce_eager) {
+    (void)cache, (void)max_num_seqs, (void)max_model_len, (void)enforce_eager;
+  }
 
  protected:
   ModelConfig config_;

@@ -30,6 +30,22 @@ TEST(CudaDevice, RoundTripCopiesAreExact) {
   EXPECT_NE(device_description(Device{DeviceKind::CUDA, 0}).find("cuda:0"), std::string::npos);
 }
 
+TEST(CudaDevice, ColumnBlockCopiesOnTheDevice) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device in this build/machine";
+  Device gpu{DeviceKind::CUDA, 0};
+  std::vector<float> v(37 * 100);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(i);
+  Tensor m = Tensor::from_floats({37, 100}, v).to(gpu);  // [37, 100]
+  Tensor block = Tensor::empty({37, 31}, DType::F32, gpu);
+  block.copy_from(m.slice(1, 60, 91));
+  auto got = block.to_floats();
+  for (int64_t r = 0; r < 37; ++r)
+    for (int64_t c = 0; c < 31; ++c) ASSERT_EQ(got[size_t(r * 31 + c)], float(r * 100 + 60 + c));
+  Tensor host = Tensor::empty({37, 31}, DType::F32);
+  host.copy_from(m.slice(1, 60, 91));  // device block -> host
+  EXPECT_EQ(host.to_floats(), got);
+}
+
 TEST(CudaDevice, AddMatchesTheCpuExactly) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device in this build/machine";
   Device gpu{DeviceKind::CUDA, 0};
@@ -54,25 +70,54 @@ TEST(CudaDevice, AddMatchesTheCpuExactly) {
   }
 }
 
-TEST(CudaDevice, OpsWithoutCudaKernelsSayCleanly) {
+TEST(CudaDevice, F32LinearIsRefusedCleanly) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device in this build/machine";
   Device gpu{DeviceKind::CUDA, 0};
   Tensor x = Tensor::zeros({4, 8}, DType::F32, gpu);
   Tensor w = Tensor::zeros({2, 8}, DType::F32, gpu);
   Tensor y = Tensor::zeros({4, 2}, DType::F32, gpu);
-  // Until the CUDA GEMMs land (issue 7), linear must refuse with a
-  // kite::Error naming the op, never crash or touch the wrong memory.
+  // The CUDA linear takes BF16 operands: F32 ones are refused with a
+  // kite::Error naming the op and the argument, never run or crash.
   try {
     ops::linear(x, w, nullptr, y);
-    FAIL() << "linear ran on cuda";
+    FAIL() << "linear ran on F32 cuda tensors";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("linear"), std::string::npos) << e.what();
+    EXPECT_EQ(e.source(), "op linear") << e.what();
+    EXPECT_EQ(e.field(), "x") << e.what();
+    EXPECT_NE(std::string(e.what()).find("BF16"), std::string::npos) << e.what();
   }
+}
+
+TEST(CudaDevice, SynchronizeWaitsForQueuedWork) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device in this build/machine";
+  Device gpu{DeviceKind::CUDA, 0};
+  // Many queued adds, then a device-to-host copy: the copy sees the last one.
+  std::vector<float> ones(1 << 20, 1.0f);
+  Tensor one = Tensor::from_floats({1 << 20}, ones).to(gpu);
+  Tensor acc = Tensor::zeros({1 << 20}, DType::F32, gpu);
+  for (int i = 0; i < 100; ++i) ops::add(acc, one, acc);
+  synchronize(gpu);
+  for (float v : acc.to_floats()) ASSERT_EQ(v, 100.0f);
 }
 
 TEST(CudaDevice, AbsentBackendIsAnErrorNotACrash) {
   if (cuda_available()) GTEST_SKIP() << "a CUDA device is present";
   EXPECT_THROW(Tensor::empty({4}, DType::F32, Device{DeviceKind::CUDA, 0}), Error);
+  EXPECT_THROW(memory_stats(Device{DeviceKind::CUDA, 0}), Error);
+  EXPECT_THROW(device_total_memory(Device{DeviceKind::CUDA, 0}), Error);
+}
+
+// The memory API on the CPU: no pool statistics, the machine's RAM.
+TEST(DeviceMemoryApi, CpuReportsZeroStatsAndItsRam) {
+  const MemoryStats s = memory_stats(kCpu);
+  EXPECT_EQ(s.bytes_reserved, 0u);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.num_allocs, 0u);
+  EXPECT_NO_THROW(reset_peak_memory(kCpu));
+  EXPECT_NO_THROW(empty_cache(kCpu));
+  EXPECT_GT(device_total_memory(kCpu), size_t(64) << 20);
+  EXPECT_GT(device_free_memory(kCpu), 0u);
+  EXPECT_LE(device_free_memory(kCpu), device_total_memory(kCpu));
 }
 
 }  // namespace

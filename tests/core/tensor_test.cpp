@@ -52,6 +52,24 @@ TEST(Tensor, DtypeConversionAndCopy) {
   EXPECT_EQ(c.to_floats(), t.to_floats());
 }
 
+TEST(Tensor, ColumnBlocksCopyAsRowStrided2D) {
+  std::vector<float> v(6 * 10);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(i);
+  Tensor m = Tensor::from_floats({6, 10}, v);  // [6, 10]
+  Tensor block = Tensor::empty({6, 3}, DType::F32);
+  block.copy_from(m.slice(1, 4, 7));  // columns 4..6 of every row
+  for (int64_t r = 0; r < 6; ++r)
+    for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(block.to_floats()[size_t(r * 3 + c)], float(r * 10 + 4 + c));
+  // And back into a column block of another matrix.
+  Tensor z = Tensor::zeros({6, 10}, DType::F32);
+  Tensor dst = z.slice(1, 1, 4);
+  dst.copy_from(block);
+  auto zf = z.to_floats();
+  for (int64_t r = 0; r < 6; ++r)
+    for (int64_t c = 0; c < 10; ++c)
+      EXPECT_EQ(zf[size_t(r * 10 + c)], (c >= 1 && c < 4) ? float(r * 10 + 3 + c) : 0.0f) << r << "," << c;
+}
+
 TEST(Tensor, WrapKeepsOwnerAlive) {
   auto buf = std::make_shared<std::vector<float>>(std::vector<float>{1, 2, 3});
   std::weak_ptr<std::vector<float>> weak = buf;

@@ -83,7 +83,18 @@ const char* simd_name(SimdLevel level) {
 
 std::string description() { return fmt::format("cpu ({}, {} threads)", simd_name(simd_level()), num_threads()); }
 
+// backend/cpu/rope_write_kv_cache.cpp: rope on q and a copy of k, then write_kv_cache.
+void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
+                         float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
+
+// backend/cpu/argmax.cpp.
+void argmax(const Tensor& x, Tensor& out);
+
+// backend/cpu/add_rms_norm.cpp: fills table.add_rms_norm.
+void register_add_rms_norm(Kernels& table);
+
 void register_kernels(Kernels& table) {
+  register_add_rms_norm(table);
   table.embedding = [](const Tensor& t, const Tensor& ids, Tensor& out) { embedding(t, ids, out); };
   table.rms_norm = [](const Tensor& x, const Tensor& w, float eps, Tensor& out) {
     rms_norm(x, w, eps, out, simd_level());
@@ -99,13 +110,15 @@ void register_kernels(Kernels& table) {
     attention(q, k, v, q_start, scale, out, simd_level());
   };
   table.paged_attention = [](const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& qs, const Tensor& cl,
-                             const Tensor& bt, float scale,
+                             const Tensor& bt, float scale, const ops::PagedAttentionHints&,
                              Tensor& out) { paged_attention(q, kc, vc, qs, cl, bt, scale, out, simd_level()); };
   table.write_kv_cache = [](const Tensor& k, const Tensor& v, const Tensor& slots, Tensor& kc, Tensor& vc) {
     write_kv_cache(k, v, slots, kc, vc);
   };
   table.silu_mul = [](const Tensor& g, const Tensor& u, Tensor& out) { silu_mul(g, u, out, simd_level()); };
   table.add = [](const Tensor& a, const Tensor& b, Tensor& out) { add(a, b, out, simd_level()); };
+  table.rope_write_kv_cache = rope_write_kv_cache;  // backend/cpu/rope_write_kv_cache.cpp
+  table.argmax = argmax;                            // backend/cpu/argmax.cpp
 }
 
 }  // namespace kite::cpu

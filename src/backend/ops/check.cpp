@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "backend/ops/trusted.h"
+
 namespace kite::ops::detail {
 
 namespace {
@@ -56,3 +58,15 @@ void OpCheck::no_overlap(const char* arg, const Tensor& t, const char* other, co
 std::string OpCheck::device_kind_name(Device device) { return device.is_cpu() ? "cpu" : "cuda"; }
 
 }  // namespace kite::ops::detail
+
+namespace kite::ops {
+
+namespace {
+thread_local int g_trusted_depth = 0;
+}
+
+TrustedIndices::TrustedIndices() { ++g_trusted_depth; }
+TrustedIndices::~TrustedIndices() { --g_trusted_depth; }
+bool indices_trusted() { return g_trusted_depth > 0; }
+
+}  // namespace kite::ops

@@ -1,6 +1,8 @@
 #pragma once
 // Every op the model layer uses; each is declared in its own header.
 #include "backend/ops/add.h"
+#include "backend/ops/add_rms_norm.h"
+#include "backend/ops/argmax.h"
 #include "backend/ops/attention.h"
 #include "backend/ops/embedding.h"
 #include "backend/ops/linear.h"
@@ -8,5 +10,6 @@
 #include "backend/ops/paged_attention.h"
 #include "backend/ops/rms_norm.h"
 #include "backend/ops/rope.h"
+#include "backend/ops/rope_write_kv_cache.h"
 #include "backend/ops/silu_mul.h"
 #include "backend/ops/write_kv_cache.h"

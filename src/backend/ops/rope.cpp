@@ -8,7 +8,10 @@ namespace kite::ops {
 
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) {
   const detail::OpCheck c("rope");
-  c.tensor("x", x, 3, "[n, n_heads, head_dim]", {DType::F32});
+  if (!x.device().is_cpu())
+    c.tensor("x", x, 3, "[n, n_heads, head_dim]", {DType::BF16, DType::F32});
+  else
+    c.tensor("x", x, 3, "[n, n_heads, head_dim]", {DType::F32});
   c.tensor("positions", positions, 1, "[n]", {DType::I32});
   c.dim("positions", positions, 0, x.dim(0), "n of x");
   c.same_device("positions", positions, "x", x);

@@ -8,6 +8,7 @@ namespace kite::ops {
 //   x[i, h, j]     = (x1 * cos a - x2 * sin a) * attention_factor
 //   x[i, h, j + r] = (x2 * cos a + x1 * sin a) * attention_factor
 // Dims past 2r (partial rotary) are left alone.
-// x: [n, n_heads, head_dim] F32; positions: [n] I32; inv_freq: [r] F32 with 2r <= head_dim.
+// x: [n, n_heads, head_dim] F32 (CUDA: BF16 too, math in F32, one rounding per
+// element); positions: [n] I32; inv_freq: [r] F32 with 2r <= head_dim.
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor);
 }  // namespace kite::ops

@@ -9,10 +9,10 @@ namespace kite::ops {
 // ([0, num_blocks * block_size)); otherwise kite::Error is raised before
 // anything is written.
 //
-// k, v:         [n_tokens, n_kv_heads, head_dim] F32
+// k, v:         [n_tokens, n_kv_heads, head_dim] F32 (CPU) | BF16 (CUDA)
 // slot_mapping: [n_tokens] I32 (on k's device)
-// k_cache:      [num_blocks, block_size, n_kv_heads, head_dim] F32
-// v_cache:      [num_blocks, block_size, n_kv_heads, head_dim] F32
+// k_cache:      [num_blocks, block_size, n_kv_heads, head_dim], dtype of k
+// v_cache:      [num_blocks, block_size, n_kv_heads, head_dim], dtype of k
 void write_kv_cache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
 
 }  // namespace kite::ops

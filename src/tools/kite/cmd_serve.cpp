@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "engine/async_engine.h"
 #include "formats/hf_config.h"
+#include "model/device_decoder.h"
 #include "server/api_server.h"
 #include "tools/kite/commands.h"
 #include "tools/kite/model_files.h"
@@ -17,6 +18,7 @@ namespace {
 
 struct ServeArgs {
   std::string model;
+  std::string device = "cpu";
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string served_model_name;
@@ -34,6 +36,7 @@ struct ServeArgs {
   int64_t max_body_mb = 32;
   int io_threads = 1;
   bool log_requests = false;
+  bool enforce_eager = false;
 };
 
 // "4GiB", "512MiB", "2G", "1000000" -> bytes.
@@ -73,7 +76,7 @@ int run_serve(const ServeArgs& a) {
          a.gpu_memory_utilization);
   if (a.max_queue < 0) fail("--max-queue", "max_queue", "{} is invalid; expected 0 (unlimited) or more", a.max_queue);
 
-  auto model = load_model(a.model);
+  auto model = load_model_for(a.model, a.device);
   auto tok = load_tokenizer_for(a.model);
   const std::string dir = model_dir(a.model);
 
@@ -93,7 +96,14 @@ int run_serve(const ServeArgs& a) {
   ec.enable_prefix_caching = !a.no_prefix_caching;
   ec.scheduler.max_num_seqs = a.max_num_seqs;
   ec.scheduler.max_num_batched_tokens = a.max_num_batched_tokens;
-  if (!a.kv_cache_memory.empty()) ec.kv_cache_memory = parse_bytes(a.kv_cache_memory);
+  ec.enforce_eager = a.enforce_eager;
+  if (!a.kv_cache_memory.empty()) {
+    ec.kv_cache_memory = parse_bytes(a.kv_cache_memory);
+  } else if (!model->device().is_cpu()) {
+    std::string report;
+    ec.kv_cache_memory = plan_kv_cache_memory(*model, ec, a.gpu_memory_utilization, &report);
+    std::fprintf(stderr, "kite serve: %s\n", report.c_str());
+  }
   ec.eos_ids = stop_ids_for(a.model, *model, *tok);
   auto engine_owned = std::make_unique<Engine>(*model, tok.get(), ec);
   const Engine& eng = *engine_owned;
@@ -106,6 +116,11 @@ int run_serve(const ServeArgs& a) {
                (long long)max_len);
   std::fprintf(stderr, "kite serve: maximum concurrency for %lld tokens per request: %.2fx\n", (long long)max_len,
                double(kv_tokens) / double(max_len));
+  if (!model->device().is_cpu())
+    if (auto* dm = dynamic_cast<const DeviceDecoderModel*>(model.get()))
+      std::fprintf(stderr, "kite serve: %zu decode graphs recorded (%s), %.2f GiB of graph buffers\n", dm->num_graphs(),
+                   a.enforce_eager ? "--enforce-eager" : "batch 1 to --max-num-seqs",
+                   double(dm->graph_memory_bytes()) / (1 << 30));
   if (model->device().is_cpu() && a.gpu_memory_utilization != 0.9)
     std::fprintf(stderr,
                  "kite serve: --gpu-memory-utilization has no effect on the CPU; size the KV cache with "
@@ -158,6 +173,7 @@ Run add_serve(CLI::App& app) {
   CLI::App* c = app.add_subcommand("serve", "Serve a model behind an OpenAI-compatible HTTP API");
   c->add_option("--model,-m", a->model,
                 "Hugging Face model directory, quantized checkpoint (kite quantize) or .gguf file");
+  c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
   c->add_option("--host", a->host, "Address to listen on")->capture_default_str();
   c->add_option("--port", a->port, "TCP port (0 = any free port)")->capture_default_str();
   c->add_option("--served-model-name", a->served_model_name, "The model name clients send; default: the --model path");
@@ -180,6 +196,7 @@ Run add_serve(CLI::App& app) {
   c->add_option("--max-body-mb", a->max_body_mb, "Largest request body in MiB (larger: 413)")->capture_default_str();
   c->add_option("--io-threads", a->io_threads, "Threads running the HTTP connections")->capture_default_str();
   c->add_flag("--log-requests", a->log_requests, "Log one line per API request");
+  c->add_flag("--enforce-eager", a->enforce_eager, "No CUDA graphs for decode steps");
   return [a] { return run_serve(*a); };
 }
 

@@ -1,7 +1,9 @@
 #include "tools/kite/model_files.h"
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "model/device_decoder.h"
 
 namespace kite::cli {
 
@@ -29,5 +31,29 @@ std::vector<int32_t> stop_ids_for(const std::string& path, const Model& model, c
 }
 
 std::string read_text(const std::string& path) { return read_text_file(path); }
+
+Device parse_device(const std::string& spec) {
+  if (spec == "cpu") return kCpu;
+  if (spec == "auto") return cuda_available() ? Device{DeviceKind::CUDA, 0} : kCpu;
+  if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
+    int index = 0;
+    if (spec.size() > 5) {
+      try {
+        index = std::stoi(spec.substr(5));
+      } catch (const std::exception&) {
+        fail("--device", "device", "'{}' is not a device; use cpu, cuda, cuda:N or auto", spec);
+      }
+    }
+    if (!cuda_available())
+      fail("--device", "device", "'{}' asked for CUDA but this build or machine has no CUDA device; use --device cpu",
+           spec);
+    return Device{DeviceKind::CUDA, index};
+  }
+  fail("--device", "device", "'{}' is not a device; use cpu, cuda, cuda:N or auto", spec);
+}
+
+std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device) {
+  return load_model_on(path, parse_device(device));
+}
 
 }  // namespace kite::cli

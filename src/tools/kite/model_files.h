@@ -20,6 +20,12 @@ std::string model_dir(const std::string& path);
 std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& path);
 // Stop ids: generation_config.json's eos ids, else the config's, else the tokenizer's.
 std::vector<int32_t> stop_ids_for(const std::string& path, const Model& model, const Tokenizer& tok);
+// "cpu", "cuda", "cuda:N" or "auto" (CUDA when a device is present, else
+// the CPU); kite::Error otherwise or when CUDA is asked for but absent.
+Device parse_device(const std::string& spec);
+// load_model on `device` ("cpu", "cuda", "auto", ...): CUDA runs the BF16
+// device decoder (model/device_decoder.h).
+std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device);
 // Reads a whole text file (kite::Error naming it when missing).
 std::string read_text(const std::string& path);
 

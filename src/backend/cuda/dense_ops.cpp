@@ -1,0 +1,65 @@
+// Host wrappers of the dense CUDA kernels: tensors in, launches on the
+// device's stream, CUDA errors out as kite::Error.
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_ops.h"
+
+namespace kite::cuda {
+
+namespace {
+// Makes the tensor's device current and returns its stream.
+cudaStream_t stream_for(const Tensor& t) {
+  set_device(t.device().index);
+  return current_stream(t.device().index);
+}
+}  // namespace
+
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+  cudaStream_t s = stream_for(table);
+  check_cuda(launch_embedding(table.data(), table.dtype(), ids.data_as<const int32_t>(), table.dim(0), out.data(),
+                              out.dtype(), out.dim(0), out.dim(1), s),
+             "embedding kernel");
+}
+
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  cudaStream_t s = stream_for(x);
+  check_cuda(
+      launch_rms_norm(x.data(), weight.data(), weight.dtype(), out.data(), x.dtype(), x.dim(0), x.dim(1), eps, s),
+      "rms_norm kernel");
+}
+
+void add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& weight, float eps, Tensor& out) {
+  cudaStream_t s = stream_for(x);
+  check_cuda(launch_add_rms_norm(x.data(), residual.data(), weight.data(), weight.dtype(), out.data(), x.dtype(),
+                                 x.dim(0), x.dim(1), eps, s),
+             "add_rms_norm kernel");
+}
+
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) {
+  cudaStream_t s = stream_for(x);
+  check_cuda(launch_rope(x.data(), x.dtype(), positions.data_as<const int32_t>(), inv_freq.data_as<const float>(),
+                         x.dim(0), x.dim(1), x.dim(2), inv_freq.dim(0), attention_factor, s),
+             "rope kernel");
+}
+
+void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  cudaStream_t s = stream_for(gate);
+  check_cuda(launch_silu_mul(gate.data(), up.data(), out.data(), gate.dtype(), gate.numel(), s), "silu_mul kernel");
+}
+
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  cudaStream_t s = stream_for(a);
+  check_cuda(launch_add(a.data(), b.data(), out.data(), a.dtype(), a.numel(), s), "add kernel");
+}
+
+void register_dense_kernels(Kernels& table) {
+  table.embedding = embedding;
+  table.rms_norm = rms_norm;
+  table.add_rms_norm = add_rms_norm;
+  table.linear = linear;
+  table.rope = rope;
+  table.silu_mul = silu_mul;
+  table.add = add;
+}
+
+}  // namespace kite::cuda

@@ -1,0 +1,107 @@
+// RoPE on q (in place) and k, then the K/V cache write, in one kernel: one
+// CTA per token. The math is the CPU's, step for step: angle float(pos) *
+// inv_freq[j] in F32, cos/sin in double rounded to F32 and scaled by the
+// attention factor, the rotation as separately rounded F32 products and
+// sums (no FMA contraction); each result is rounded to BF16 once.
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/attention_common.cuh"
+#include "backend/cuda/attention_host.cuh"
+
+namespace kite::cuda::attn {
+
+namespace {
+
+constexpr int kThreads = 128;
+
+struct RopeArgs {
+  bf16* q;                // [n_tokens, n_heads, head_dim]
+  const bf16* k;          // [n_tokens, n_kv_heads, head_dim]
+  const bf16* v;          // [n_tokens, n_kv_heads, head_dim]
+  const int32_t* pos;     // [n_tokens]
+  const float* inv_freq;  // [r]
+  const int32_t* slots;   // [n_tokens]
+  bf16* k_cache;          // [n_slots, n_kv_heads, head_dim]
+  bf16* v_cache;          // [n_slots, n_kv_heads, head_dim]
+  int n_heads, n_kv_heads, head_dim, r;
+  float factor;
+  int64_t n_slots;
+};
+
+__device__ __forceinline__ float rot_lo(float x1, float x2, float c, float s) {
+  return __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));  // x1 cos - x2 sin
+}
+__device__ __forceinline__ float rot_hi(float x1, float x2, float c, float s) {
+  return __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));  // x2 cos + x1 sin
+}
+
+__global__ void __launch_bounds__(kThreads) rope_write_kernel(RopeArgs a) {
+  extern __shared__ float cs[];  // [2, r]: cos then sin, scaled
+  const int64_t t = blockIdx.x;
+  const int r = a.r, hd = a.head_dim;
+  const float p = float(a.pos[t]);
+  for (int j = threadIdx.x; j < r; j += kThreads) {
+    const float angle = __fmul_rn(p, a.inv_freq[j]);
+    double sd, cd;
+    sincos(double(angle), &sd, &cd);
+    cs[j] = __fmul_rn(float(cd), a.factor);
+    cs[r + j] = __fmul_rn(float(sd), a.factor);
+  }
+  __syncthreads();
+  bf16* q = a.q + t * a.n_heads * hd;
+  for (int i = threadIdx.x; i < a.n_heads * r; i += kThreads) {
+    const int h = i / r, j = i % r;
+    bf16* x = q + h * hd;
+    const float x1 = __bfloat162float(x[j]), x2 = __bfloat162float(x[j + r]), c = cs[j], s = cs[r + j];
+    x[j] = __float2bfloat16_rn(rot_lo(x1, x2, c, s));
+    x[j + r] = __float2bfloat16_rn(rot_hi(x1, x2, c, s));
+  }
+  const int32_t slot = a.slots[t];
+  if (slot < 0 || slot >= a.n_slots) return;  // padding: q only
+  const int64_t row = int64_t(a.n_kv_heads) * hd;
+  const bf16* k = a.k + t * row;
+  const bf16* v = a.v + t * row;
+  bf16* kc = a.k_cache + slot * row;
+  bf16* vc = a.v_cache + slot * row;
+  for (int i = threadIdx.x; i < row; i += kThreads) {
+    const int d = i % hd;
+    const bf16* x = k + (i - d);  // this head's row
+    bf16 y = x[d];
+    if (d < r)
+      y = __float2bfloat16_rn(rot_lo(__bfloat162float(x[d]), __bfloat162float(x[d + r]), cs[d], cs[r + d]));
+    else if (d < 2 * r)
+      y = __float2bfloat16_rn(rot_hi(__bfloat162float(x[d - r]), __bfloat162float(x[d]), cs[d - r], cs[r + d - r]));
+    kc[i] = y;
+    vc[i] = v[i];
+  }
+}
+
+}  // namespace
+
+void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
+                         float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache) {
+  const int64_t n_tokens = q.dim(0);
+  if (n_tokens == 0) return;
+  check(cudaSetDevice(q.device().index), "cudaSetDevice");
+  RopeArgs a{};
+  a.q = q.data_as<bf16>();
+  a.k = k.data_as<const bf16>();
+  a.v = v.data_as<const bf16>();
+  a.pos = positions.data_as<const int32_t>();
+  a.inv_freq = inv_freq.data_as<const float>();
+  a.slots = slot_mapping.data_as<const int32_t>();
+  a.k_cache = k_cache.data_as<bf16>();
+  a.v_cache = v_cache.data_as<bf16>();
+  a.n_heads = int(q.dim(1));
+  a.n_kv_heads = int(k.dim(1));
+  a.head_dim = int(q.dim(2));
+  a.r = int(inv_freq.dim(0));
+  a.factor = attention_factor;
+  a.n_slots = k_cache.dim(0) * k_cache.dim(1);
+  const size_t smem = size_t(2 * std::max(a.r, 1)) * sizeof(float);
+  rope_write_kernel<<<unsigned(n_tokens), kThreads, smem, current_stream(q.device().index)>>>(a);
+  check(cudaGetLastError(), "rope_write_kv_cache kernel launch");
+}
+
+}  // namespace kite::cuda::attn

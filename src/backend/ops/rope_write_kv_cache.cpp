@@ -1,0 +1,86 @@
+#include "backend/ops/rope_write_kv_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/ops/check.h"
+#include "backend/ops/trusted.h"
+
+namespace kite::ops {
+
+void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
+                         float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache) {
+  const detail::OpCheck c("rope_write_kv_cache");
+  const char* cache_layout = "[num_blocks, block_size, n_kv_heads, head_dim]";
+  // The CPU computes in F32; the CUDA kernel reads and writes BF16.
+  const DType dt = q.defined() && !q.device().is_cpu() ? DType::BF16 : DType::F32;
+  c.tensor("q", q, 3, "[n_tokens, n_heads, head_dim]", {dt});
+  const int64_t n_tokens = q.dim(0), head_dim = q.dim(2);
+  c.tensor("k", k, 3, "[n_tokens, n_kv_heads, head_dim]", {dt});
+  c.same_device("k", k, "q", q);
+  c.dim("k", k, 0, n_tokens, "n_tokens of q");
+  c.dim("k", k, 2, head_dim, "head_dim of q");
+  c.tensor("v", v, 3, "[n_tokens, n_kv_heads, head_dim]", {dt});
+  c.same_device("v", v, "q", q);
+  for (int i = 0; i < 3; ++i) c.dim("v", v, i, k.dim(i), "shape of k");
+  c.tensor("positions", positions, 1, "[n_tokens]", {DType::I32});
+  c.same_device("positions", positions, "q", q);
+  c.dim("positions", positions, 0, n_tokens, "n_tokens of q");
+  c.tensor("inv_freq", inv_freq, 1, "[r]", {DType::F32});
+  c.same_device("inv_freq", inv_freq, "q", q);
+  if (2 * inv_freq.dim(0) > head_dim)
+    c.fail_arg("inv_freq", fmt::format("expected at most head_dim / 2 = {} frequencies, got shape {}", head_dim / 2,
+                                       inv_freq.shape_str()));
+  if (!std::isfinite(attention_factor))
+    c.fail_arg("attention_factor", fmt::format("expected a finite factor, got {}", attention_factor));
+  c.tensor("slot_mapping", slot_mapping, 1, "[n_tokens]", {DType::I32});
+  c.same_device("slot_mapping", slot_mapping, "q", q);
+  c.dim("slot_mapping", slot_mapping, 0, n_tokens, "n_tokens of q");
+  c.tensor("k_cache", k_cache, 4, cache_layout, {dt});
+  c.same_device("k_cache", k_cache, "q", q);
+  c.dim("k_cache", k_cache, 2, k.dim(1), "n_kv_heads of k");
+  c.dim("k_cache", k_cache, 3, head_dim, "head_dim of q");
+  c.tensor("v_cache", v_cache, 4, cache_layout, {dt});
+  c.same_device("v_cache", v_cache, "q", q);
+  for (int i = 0; i < 4; ++i) c.dim("v_cache", v_cache, i, k_cache.dim(i), "shape of k_cache");
+  // Outputs (q, k_cache, v_cache) must not share memory with anything else.
+  const std::pair<const char*, const Tensor*> inputs[] = {
+      {"k", &k}, {"v", &v}, {"positions", &positions}, {"inv_freq", &inv_freq}, {"slot_mapping", &slot_mapping}};
+  for (const auto& [arg, t] : inputs) c.no_overlap("q", q, arg, *t, false);
+  for (const auto& [arg, cache] : {std::pair<const char*, const Tensor*>{"k_cache", &k_cache}, {"v_cache", &v_cache}}) {
+    for (const auto& [in_arg, t] : inputs) c.no_overlap(arg, *cache, in_arg, *t, false);
+    c.no_overlap(arg, *cache, "q", q, false);
+  }
+  c.no_overlap("v_cache", v_cache, "k_cache", k_cache, false);
+
+  // Trusted device-side slots (ops/trusted.h) skip the host copy below.
+  if (!slot_mapping.device().is_cpu() && indices_trusted()) {
+    c.kernel(q.device(), &Kernels::rope_write_kv_cache)(q, k, v, positions, inv_freq, attention_factor, slot_mapping,
+                                                        k_cache, v_cache);
+    return;
+  }
+  // Every slot is checked before anything is written (a small copy when the
+  // mapping lives on a device), as in ops::write_kv_cache.
+  const Tensor host = slot_mapping.device().is_cpu() ? slot_mapping : slot_mapping.to(kCpu);
+  const int32_t* slots = host.data_as<const int32_t>();
+  const int64_t n_slots = k_cache.dim(0) * k_cache.dim(1);
+  std::vector<int32_t> used;
+  used.reserve(size_t(n_tokens));
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    if (slots[t] == -1) continue;
+    if (slots[t] < 0 || slots[t] >= n_slots)
+      c.fail_arg("slot_mapping", fmt::format("expected slots in [0, {}) (num_blocks * block_size) or -1, got {} at "
+                                             "index {}",
+                                             n_slots, slots[t], t));
+    used.push_back(slots[t]);
+  }
+  std::sort(used.begin(), used.end());
+  const auto dup = std::adjacent_find(used.begin(), used.end());
+  if (dup != used.end())
+    c.fail_arg("slot_mapping", fmt::format("expected distinct slots, got slot {} more than once", *dup));
+  c.kernel(q.device(), &Kernels::rope_write_kv_cache)(q, k, v, positions, inv_freq, attention_factor, slot_mapping,
+                                                      k_cache, v_cache);
+}
+
+}  // namespace kite::ops

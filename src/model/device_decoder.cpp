@@ -1,0 +1,444 @@
+#include "model/device_decoder.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "backend/backend.h"
+#include "backend/ops/ops.h"
+#include "backend/ops/trusted.h"
+#include "core/error.h"
+#include "model/sampling.h"
+
+namespace kite {
+
+std::vector<int32_t> Model::forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) {
+  Tensor logits = forward_batch(batch, cache);  // [m, vocab] F32 on the CPU
+  const int64_t m = logits.dim(0), vocab = logits.dim(1);
+  std::vector<int32_t> ids(static_cast<size_t>(m));
+  const float* p = logits.data_as<const float>();
+  for (int64_t r = 0; r < m; ++r) ids[size_t(r)] = argmax({p + r * vocab, size_t(vocab)});
+  return ids;
+}
+
+namespace {
+
+// A dense weight as BF16 on the host (converted when stored otherwise).
+Tensor host_bf16(const QuantWeight& q, const std::string& what) {
+  if (q.scheme != QuantScheme::Dense)
+    fail(what, "weights", "quantized weights do not run on the device path yet; serve this checkpoint on the CPU");
+  return q.dense.dtype() == DType::BF16 ? q.dense.contiguous() : q.dense.contiguous().to_dtype(DType::BF16);
+}
+Tensor host_bf16(const Tensor& t) {
+  return t.dtype() == DType::BF16 ? t.contiguous() : t.contiguous().to_dtype(DType::BF16);
+}
+
+// Rows of several [rows_i, cols] BF16 host tensors stacked into one device tensor.
+Tensor stack_rows(const std::vector<Tensor>& parts, Device dev) {
+  int64_t rows = 0;
+  const int64_t cols = parts[0].ndim() == 2 ? parts[0].dim(1) : 1;
+  for (const Tensor& p : parts) rows += p.dim(0);
+  Tensor host = parts[0].ndim() == 2 ? Tensor::empty({rows, cols}, DType::BF16) : Tensor::empty({rows}, DType::BF16);
+  size_t off = 0;
+  for (const Tensor& p : parts) {
+    std::memcpy(static_cast<char*>(host.data()) + off, p.data(), p.nbytes());
+    off += p.nbytes();
+  }
+  return host.to(dev);
+}
+
+}  // namespace
+
+DeviceDecoderModel::DeviceDecoderModel(const DecoderModel& src, Device device) : device_(device) {
+  config_ = src.config();
+  path_ = src.path();
+  const ModelConfig& c = config_;
+  const DecoderWeights& w = src.weights();
+  const std::string& where = path_;
+  if (rope_is_dynamic(c))
+    fail(where, "rope_scaling", "dynamic NTK RoPE does not run on the device path yet; serve this model on the CPU");
+  embed_ = host_bf16(w.embed).to(device);
+  final_norm_ = host_bf16(w.final_norm).to(device);
+  const bool tied = w.lm_head.scheme == QuantScheme::Dense && w.lm_head.dense.data() == w.embed.data();
+  lm_head_ = tied ? embed_ : host_bf16(w.lm_head, where + " lm_head").to(device);
+  weight_bytes_ = size_t(c.hidden_size) * 2 + final_norm_.nbytes() + lm_head_.nbytes();
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& lw = w.layers[l];
+    if (lw.attn.q_norm.defined())
+      fail(where, "q_norm", "per-head q/k norms (Qwen3) do not run on the device path yet; serve on the CPU");
+    const std::string what = where + " layer " + std::to_string(l);
+    DeviceLayerWeights d;
+    d.attn_norm = host_bf16(lw.attn_norm).to(device);
+    d.mlp_norm = host_bf16(lw.mlp_norm).to(device);
+    d.wqkv =
+        stack_rows({host_bf16(lw.attn.wq, what), host_bf16(lw.attn.wk, what), host_bf16(lw.attn.wv, what)}, device);
+    if (lw.attn.bq.defined())
+      d.bqkv = stack_rows({host_bf16(lw.attn.bq), host_bf16(lw.attn.bk), host_bf16(lw.attn.bv)}, device);
+    d.wo = host_bf16(lw.attn.wo, what).to(device);
+    d.w_gate_up = stack_rows({host_bf16(lw.mlp.gate, what), host_bf16(lw.mlp.up, what)}, device);
+    d.w_down = host_bf16(lw.mlp.down, what).to(device);
+    for (const Tensor* t : {&d.attn_norm, &d.mlp_norm, &d.wqkv, &d.bqkv, &d.wo, &d.w_gate_up, &d.w_down})
+      if (t->defined()) weight_bytes_ += t->nbytes();
+    layers_.push_back(std::move(d));
+  }
+  RopeFrequencies r = rope_frequencies(c, 0);
+  inv_freq_ = Tensor::from_floats({int64_t(r.inv_freq.size())}, r.inv_freq).to(device);
+  attention_factor_ = r.attention_factor;
+  synchronize(device);
+}
+
+Tensor DeviceDecoderModel::forward(std::span<const int32_t>, KvCache&, bool) {
+  throw Error(path_, "device",
+              "the device model runs through the engine (kite generate, serve, bench); kite ppl runs on the CPU");
+}
+
+void DeviceDecoderModel::check_batch(const BatchInput& b, const PagedKvCache& cache) const {
+  const ModelConfig& c = config_;
+  const int64_t n = b.num_tokens(), n_seqs = b.num_seqs();
+  const char* src = "forward_batch";
+  if (n == 0) throw Error(src, "tokens", "no tokens to run");
+  if (int64_t(b.positions.size()) != n || int64_t(b.slot_mapping.size()) != n ||
+      int64_t(b.query_start.size()) != n_seqs + 1 || b.max_blocks < 1 ||
+      int64_t(b.block_tables.size()) != n_seqs * b.max_blocks)
+    fail(src, "batch", "inconsistent batch: {} tokens, {} positions, {} slots, {} query starts for {} sequences", n,
+         b.positions.size(), b.slot_mapping.size(), b.query_start.size(), n_seqs);
+  for (int32_t t : b.tokens)
+    if (t < 0 || t >= c.vocab_size) fail(src, "tokens", "token id {} outside the vocabulary [0, {})", t, c.vocab_size);
+  for (int32_t r : b.logit_rows)
+    if (r < 0 || r >= n) fail(src, "logit_rows", "row {} outside the batch of {} tokens", r, n);
+  // The kernels then run with ops::TrustedIndices: check here, on the host,
+  // what they would otherwise copy back to check.
+  const int64_t nb = cache.num_blocks(), bs = cache.block_size();
+  for (int32_t sl : b.slot_mapping)
+    if (sl < -1 || sl >= nb * bs) fail(src, "slot_mapping", "slot {} outside the cache of {} slots", sl, nb * bs);
+  for (int64_t s = 0; s < n_seqs; ++s) {
+    const int64_t q0 = b.query_start[size_t(s)], q1 = b.query_start[size_t(s) + 1], len = b.context_lens[size_t(s)];
+    if (q0 > q1 || q1 > n || len < q1 - q0 || len > b.max_blocks * bs)
+      fail(src, "query_start", "sequence {}: queries [{}, {}) with context {} do not fit the batch", s, q0, q1, len);
+    for (int64_t j = 0; j < (len + bs - 1) / bs; ++j) {
+      const int32_t blk = b.block_tables[size_t(s * b.max_blocks + j)];
+      if (blk < 0 || blk >= nb)
+        fail(src, "block_tables", "sequence {} block {} is {}; expected [0, {})", s, j, blk, nb);
+    }
+  }
+}
+
+DeviceDecoderModel::Work DeviceDecoderModel::allocate_work(int64_t n, int64_t m) const {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t ffn = c.intermediate_size;
+  const DType bf = DType::BF16;
+  Work w;
+  w.residual = Tensor::empty({n, d}, bf, device_);
+  w.h = Tensor::empty({n, d}, bf, device_);
+  w.y = Tensor::empty({n, d}, bf, device_);
+  w.qkv = Tensor::empty({n, (nh + 2 * nkv) * hd}, bf, device_);
+  w.q = Tensor::empty({n, nh, hd}, bf, device_);
+  w.k = Tensor::empty({n, nkv, hd}, bf, device_);
+  w.v = Tensor::empty({n, nkv, hd}, bf, device_);
+  w.attn = Tensor::empty({n, nh, hd}, bf, device_);
+  w.gate_up = Tensor::empty({n, 2 * ffn}, bf, device_);
+  w.gate = Tensor::empty({n, ffn}, bf, device_);
+  w.up = Tensor::empty({n, ffn}, bf, device_);
+  w.act = Tensor::empty({n, ffn}, bf, device_);
+  w.last_y = Tensor::empty({m, d}, bf, device_);
+  w.last_r = Tensor::empty({m, d}, bf, device_);
+  w.normed = Tensor::empty({m, d}, bf, device_);
+  w.logits = Tensor::empty({m, c.vocab_size}, DType::F32, device_);
+  w.ids = Tensor::empty({m}, DType::I32, device_);
+  return w;
+}
+
+DeviceDecoderModel::Work DeviceDecoderModel::work_prefix(const Work& w, int64_t n, int64_t m) const {
+  Work p;
+  for (auto [dst, src] : {std::pair{&p.residual, &w.residual},
+                          {&p.h, &w.h},
+                          {&p.y, &w.y},
+                          {&p.qkv, &w.qkv},
+                          {&p.q, &w.q},
+                          {&p.k, &w.k},
+                          {&p.v, &w.v},
+                          {&p.attn, &w.attn},
+                          {&p.gate_up, &w.gate_up},
+                          {&p.gate, &w.gate},
+                          {&p.up, &w.up},
+                          {&p.act, &w.act}})
+    *dst = src->slice(0, 0, n);
+  for (auto [dst, src] : {std::pair{&p.last_y, &w.last_y},
+                          {&p.last_r, &w.last_r},
+                          {&p.normed, &w.normed},
+                          {&p.logits, &w.logits},
+                          {&p.ids, &w.ids}})
+    *dst = src->slice(0, 0, m);
+  return p;
+}
+
+void DeviceDecoderModel::run(const Indices& ix, int64_t n, int64_t n_seqs, int64_t m,
+                             const ops::PagedAttentionHints& hints, Work& w, PagedKvCache& cache) {
+  (void)n_seqs;
+  const ModelConfig& c = config_;
+  const int64_t hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
+  const int64_t ffn = c.intermediate_size;
+  const float eps = float(c.rms_norm_eps), scale = 1.0f / std::sqrt(float(hd));
+  ops::TrustedIndices trusted;  // built from the engine's validated block tables
+  ops::embedding(embed_, ix.tokens, w.residual);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const DeviceLayerWeights& lw = layers_[l];
+    if (l == 0)
+      ops::rms_norm(w.residual, lw.attn_norm, eps, w.h);
+    else
+      ops::add_rms_norm(w.y, w.residual, lw.attn_norm, eps, w.h);  // residual += mlp out; h = norm(residual)
+    ops::linear(w.h, lw.wqkv, lw.bqkv.defined() ? &lw.bqkv : nullptr, w.qkv);
+    Tensor q2 = w.q.reshape({n, q_dim}), k2 = w.k.reshape({n, kv_dim}), v2 = w.v.reshape({n, kv_dim});
+    q2.copy_from(w.qkv.slice(1, 0, q_dim));  // row-strided 2-D copies
+    k2.copy_from(w.qkv.slice(1, q_dim, q_dim + kv_dim));
+    v2.copy_from(w.qkv.slice(1, q_dim + kv_dim, q_dim + 2 * kv_dim));
+    ops::rope_write_kv_cache(w.q, w.k, w.v, ix.positions, inv_freq_, attention_factor_, ix.slots, cache.k(int64_t(l)),
+                             cache.v(int64_t(l)));
+    ops::paged_attention(w.q, cache.k(int64_t(l)), cache.v(int64_t(l)), ix.query_start, ix.context_lens,
+                         ix.block_tables, scale, hints, w.attn);
+    ops::linear(w.attn.reshape({n, q_dim}), lw.wo, nullptr, w.y);
+    ops::add_rms_norm(w.y, w.residual, lw.mlp_norm, eps, w.h);  // residual += attn out; h = norm(residual)
+    ops::linear(w.h, lw.w_gate_up, nullptr, w.gate_up);
+    w.gate.copy_from(w.gate_up.slice(1, 0, ffn));
+    w.up.copy_from(w.gate_up.slice(1, ffn, 2 * ffn));
+    ops::silu_mul(w.gate, w.up, w.act);
+    ops::linear(w.act, lw.w_down, nullptr, w.y);
+  }
+  if (m == 0) return;
+  ops::embedding(w.y, ix.rows, w.last_y);  // row gathers of the logit rows
+  ops::embedding(w.residual, ix.rows, w.last_r);
+  ops::add_rms_norm(w.last_y, w.last_r, final_norm_, eps, w.normed);
+  ops::linear(w.normed, lm_head_, nullptr, w.logits);
+  ops::argmax(w.logits, w.ids);
+}
+
+DeviceDecoderModel::Work DeviceDecoderModel::forward_eager(const BatchInput& b, PagedKvCache& cache) {
+  check_batch(b, cache);
+  const int64_t n = b.num_tokens(), n_seqs = b.num_seqs(), m = int64_t(b.logit_rows.size());
+  // Every index array in one host buffer, one copy to the device.
+  const int64_t total = 3 * n + (n_seqs + 1) + n_seqs + n_seqs * b.max_blocks + m;
+  Tensor host = Tensor::empty({total}, DType::I32);
+  int32_t* p = host.data_as<int32_t>();
+  int64_t off = 0;
+  auto put = [&](const std::vector<int32_t>& v) {
+    const int64_t at = off;
+    if (!v.empty()) std::memcpy(p + off, v.data(), v.size() * sizeof(int32_t));
+    off += int64_t(v.size());
+    return at;
+  };
+  const int64_t o_tok = put(b.tokens), o_pos = put(b.positions), o_slot = put(b.slot_mapping);
+  const int64_t o_qs = put(b.query_start), o_ctx = put(b.context_lens), o_bt = put(b.block_tables);
+  const int64_t o_rows = put(b.logit_rows);
+  Tensor idx = host.to(device_);
+  Indices ix;
+  ix.tokens = idx.slice(0, o_tok, o_tok + n);              // [n]
+  ix.positions = idx.slice(0, o_pos, o_pos + n);           // [n]
+  ix.slots = idx.slice(0, o_slot, o_slot + n);             // [n]
+  ix.query_start = idx.slice(0, o_qs, o_qs + n_seqs + 1);  // [n_seqs + 1]
+  ix.context_lens = idx.slice(0, o_ctx, o_ctx + n_seqs);   // [n_seqs]
+  ix.block_tables = idx.slice(0, o_bt, o_bt + n_seqs * b.max_blocks).reshape({n_seqs, b.max_blocks});
+  ix.rows = idx.slice(0, o_rows, o_rows + m);  // [m]
+  ops::PagedAttentionHints hints;
+  hints.max_query_len = 0;
+  hints.max_context_len = 0;
+  for (int64_t s = 0; s < n_seqs; ++s) {
+    hints.max_query_len =
+        std::max<int64_t>(hints.max_query_len, b.query_start[size_t(s) + 1] - b.query_start[size_t(s)]);
+    hints.max_context_len = std::max<int64_t>(hints.max_context_len, b.context_lens[size_t(s)]);
+  }
+  Work w = allocate_work(n, m);
+  run(ix, n, n_seqs, m, hints, w, cache);
+  return w;
+}
+
+size_t DeviceDecoderModel::activation_bytes(int64_t max_batched_tokens, int64_t max_num_seqs) {
+  // A profiling forward: one sequence prefilling max_batched_tokens tokens
+  // into a scratch cache, every row's logits (the most any step asks for).
+  const int64_t n = std::max<int64_t>(1, max_batched_tokens), bs = 16;
+  synchronize(device_);
+  const MemoryStats before = memory_stats(device_);
+  reset_peak_memory(device_);
+  {
+    PagedKvCache scratch(config_, (n + bs - 1) / bs, bs, device_, DType::BF16);
+    const size_t cache_bytes = memory_stats(device_).bytes_in_use - before.bytes_in_use;
+    BatchInput b;
+    for (int64_t i = 0; i < n; ++i) {
+      b.tokens.push_back(int32_t(i % config_.vocab_size));
+      b.positions.push_back(int32_t(i));
+      b.slot_mapping.push_back(int32_t(i));
+      b.logit_rows.push_back(int32_t(i));
+    }
+    b.query_start = {0, int32_t(n)};
+    b.context_lens = {int32_t(n)};
+    b.max_blocks = int32_t((n + bs - 1) / bs);
+    for (int32_t j = 0; j < b.max_blocks; ++j) b.block_tables.push_back(j);
+    { Work w = forward_eager(b, scratch); }
+    synchronize(device_);
+    const size_t peak = memory_stats(device_).peak_bytes_in_use;
+    size_t act = peak > before.bytes_in_use + cache_bytes ? peak - before.bytes_in_use - cache_bytes : 0;
+    // The graphs' buffers (prepare): one Work of max_num_seqs rows, held
+    // beside whatever a step allocates.
+    if (max_num_seqs > 0) {
+      const ModelConfig& c = config_;
+      const size_t per_row =
+          2 * (6 * size_t(c.hidden_size) + size_t((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) +
+               size_t((c.num_heads + c.num_kv_heads * 2) * c.head_dim) + 5 * size_t(c.intermediate_size)) +
+          4 * size_t(c.vocab_size) + 64;
+      act += per_row * size_t(max_num_seqs);
+    }
+    reset_peak_memory(device_);
+    return act;
+  }
+}
+
+namespace {
+// Padded batch sizes with a recorded graph: 1, 2, 4, 8, then steps of 8 to
+// 64, steps of 16 to 256, steps of 32 beyond.
+std::vector<int64_t> graph_batch_sizes(int64_t max_seqs) {
+  std::vector<int64_t> s;
+  for (int64_t b = 1; b <= max_seqs; b = b < 8 ? b * 2 : b < 64 ? b + 8 : b < 256 ? b + 16 : b + 32) s.push_back(b);
+  if (s.empty() || s.back() != max_seqs) s.push_back(max_seqs);
+  return s;
+}
+}  // namespace
+
+void DeviceDecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t max_model_len, bool enforce_eager) {
+  graphs_.clear();
+  graph_sizes_.clear();
+  graph_cache_ = nullptr;
+  if (enforce_eager || max_num_seqs < 1) return;
+  const int64_t B = max_num_seqs;
+  graph_max_blocks_ = (max_model_len + cache.block_size() - 1) / cache.block_size();
+  const MemoryStats before = memory_stats(device_);
+  graph_work_ = allocate_work(B, B);
+  // Inputs, in this order: tokens, positions, slots [B] each, query_start
+  // [B + 1], context_lens [B], block_tables [B, max_blocks], rows [B].
+  const int64_t W = graph_max_blocks_;
+  graph_in_ = Tensor::zeros({6 * B + 1 + B * W}, DType::I32, device_);
+  int64_t o = 0;
+  auto view = [&](int64_t len) {
+    Tensor t = graph_in_.slice(0, o, o + len);
+    o += len;
+    return t;
+  };
+  graph_ix_.tokens = view(B);
+  graph_ix_.positions = view(B);
+  graph_ix_.slots = view(B);
+  graph_ix_.query_start = view(B + 1);
+  graph_ix_.context_lens = view(B);
+  graph_ix_.block_tables = view(B * W);
+  graph_ix_.rows = view(B);
+  ops::PagedAttentionHints hints;
+  hints.max_query_len = 1;
+  hints.max_context_len = max_model_len;
+  hints.kv_splits = 1;  // no split-KV workspace inside a graph
+  for (int64_t b : graph_batch_sizes(B)) {
+    // Inputs of a padded decode step: every row a sequence of one token at
+    // position 0 with no cache write (slot -1), reading block 0.
+    std::vector<int32_t> host(size_t(6 * B + 1 + B * W), 0);
+    int32_t* hp = host.data();
+    for (int64_t i = 0; i < B; ++i) {
+      hp[2 * B + i] = -1;                      // slots
+      hp[3 * B + i] = int32_t(i);              // query_start
+      hp[4 * B + 1 + i] = 1;                   // context_lens
+      hp[5 * B + 1 + B * W + i] = int32_t(i);  // rows
+    }
+    hp[3 * B + B] = int32_t(B);
+    Tensor h = Tensor::empty({int64_t(host.size())}, DType::I32);
+    std::memcpy(h.data(), host.data(), host.size() * sizeof(int32_t));
+    graph_in_.copy_from(h);
+    Indices ix = graph_ix_;
+    ix.tokens = ix.tokens.slice(0, 0, b);
+    ix.positions = ix.positions.slice(0, 0, b);
+    ix.slots = ix.slots.slice(0, 0, b);
+    ix.query_start = ix.query_start.slice(0, 0, b + 1);
+    ix.context_lens = ix.context_lens.slice(0, 0, b);
+    ix.block_tables = ix.block_tables.slice(0, 0, b * W).reshape({b, W});
+    ix.rows = ix.rows.slice(0, 0, b);
+    Work w = work_prefix(graph_work_, b, b);
+    run(ix, b, b, b, hints, w, cache);  // warm-up: kernels configured, GEMM algorithms chosen
+    synchronize(device_);
+    begin_capture(device_);
+    try {
+      run(ix, b, b, b, hints, w, cache);
+    } catch (...) {
+      try {
+        end_capture(device_);
+      } catch (...) {
+      }
+      throw;
+    }
+    graphs_.push_back(end_capture(device_));
+    graph_sizes_.push_back(b);
+  }
+  synchronize(device_);
+  graph_cache_ = cache.k(0).data();
+  const MemoryStats after = memory_stats(device_);
+  graph_bytes_ = after.bytes_in_use > before.bytes_in_use ? after.bytes_in_use - before.bytes_in_use : 0;
+}
+
+bool DeviceDecoderModel::forward_graph(const BatchInput& b, PagedKvCache& cache, int64_t* rows) {
+  const int64_t n = b.num_tokens(), n_seqs = b.num_seqs();
+  if (graphs_.empty() || cache.k(0).data() != graph_cache_ || n != n_seqs || n > graph_sizes_.back() ||
+      b.max_blocks > graph_max_blocks_ || int64_t(b.logit_rows.size()) != n)
+    return false;
+  for (int64_t i = 0; i < n; ++i)
+    if (b.logit_rows[size_t(i)] != i) return false;
+  check_batch(b, cache);
+  size_t g = 0;
+  while (graph_sizes_[g] < n) ++g;
+  const int64_t B = graph_sizes_.back(), W = graph_max_blocks_, P = graph_sizes_[g];
+  // The padded inputs, laid out as graph_in_.
+  std::vector<int32_t> host(size_t(6 * B + 1 + B * W), 0);
+  int32_t* hp = host.data();
+  for (int64_t i = 0; i < P; ++i) {
+    const bool real = i < n;
+    hp[i] = real ? b.tokens[size_t(i)] : 0;
+    hp[B + i] = real ? b.positions[size_t(i)] : 0;
+    hp[2 * B + i] = real ? b.slot_mapping[size_t(i)] : -1;
+    hp[3 * B + i] = int32_t(i);
+    hp[4 * B + 1 + i] = real ? b.context_lens[size_t(i)] : 1;
+    if (real)
+      for (int64_t j = 0; j < b.max_blocks; ++j)
+        hp[5 * B + 1 + i * W + j] = std::max<int32_t>(0, b.block_tables[size_t(i * b.max_blocks + j)]);
+    hp[5 * B + 1 + B * W + i] = int32_t(i);
+  }
+  hp[3 * B + P] = int32_t(P);
+  // The graph of size P reads the block table as [P, W] rows of W.
+  Tensor h = Tensor::empty({int64_t(host.size())}, DType::I32);
+  std::memcpy(h.data(), host.data(), host.size() * sizeof(int32_t));
+  graph_in_.copy_from(h);
+  graphs_[g].replay();
+  *rows = n;
+  return true;
+}
+
+Tensor DeviceDecoderModel::forward_batch(const BatchInput& b, PagedKvCache& cache) {
+  int64_t m = 0;
+  if (forward_graph(b, cache, &m)) return graph_work_.logits.slice(0, 0, m).to(kCpu);
+  Work w = forward_eager(b, cache);
+  return w.logits.to(kCpu);  // [m, vocab]
+}
+
+std::vector<int32_t> DeviceDecoderModel::forward_batch_argmax(const BatchInput& b, PagedKvCache& cache) {
+  int64_t m = 0;
+  Tensor ids;
+  if (forward_graph(b, cache, &m)) {
+    ids = graph_work_.ids.slice(0, 0, m).to(kCpu);
+  } else {
+    Work w = forward_eager(b, cache);
+    m = w.ids.dim(0);
+    ids = w.ids.to(kCpu);
+  }
+  return std::vector<int32_t>(ids.data_as<const int32_t>(), ids.data_as<const int32_t>() + m);
+}
+
+std::unique_ptr<Model> load_model_on(const std::string& path, Device device) {
+  std::unique_ptr<Model> cpu = load_model(path);
+  if (device.is_cpu()) return cpu;
+  auto* dec = dynamic_cast<DecoderModel*>(cpu.get());
+  if (!dec) fail(path, "model", "this model kind does not run on {}", device.str());
+  return std::make_unique<DeviceDecoderModel>(*dec, device);
+}
+
+}  // namespace kite
