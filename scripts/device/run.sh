@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs ON THE GPU MACHINE (device tool), from the repo root, with .deps carried:
-#   bash scripts/device/run.sh [fixtures|fixtures-only] [bench] [no-cpu-tests]
+#   bash scripts/device/run.sh [fixtures|fixtures-only] [bench] [micro] [no-cpu-tests]
 # Unpacks the carried Debian packages into /tmp/deps, builds Kite with the
 # CUDA backend for sm_90a (-j16), runs the CUDA tests and the CPU tests; with
 # "fixtures" regenerates the HF reference fixtures into $OUT; with "bench"
 # writes a random Llama-3-8B-shaped BF16 checkpoint and runs kite bench and
-# the CUDA microbenchmarks (results in $OUT/bench.json). Prints a short table last.
+# with "micro" also the CUDA microbenchmarks (results in $OUT/bench.json).
+# Prints a short table last.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -49,14 +50,17 @@ if want bench; then
   : > "$OUT/bench.json"
   bench() { local name=$1; shift; step "$name" bash -c "$K bench $* --device cuda --model $M --json | tail -1 >> $OUT/bench.json"; }
   bench decode_b1 latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2
+  bench decode_b1_eager latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2 --enforce-eager
   bench batch_256 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1
-  for b in build-device/bench/cuda_*_bench; do step "$(basename "$b")" "$b" --benchmark_min_time=0.2s; done
+  if want micro; then
+    for b in build-device/bench/cuda_*_bench; do step "$(basename "$b")" "$b" --benchmark_min_time=0.2; done
+  fi
   cat "$OUT/bench.json"
 fi
 
 echo
 echo "| step | result |"
 echo "|---|---|"
-for s in fixtures configure build cuda_tests cpu_tests generate make_model decode_b1 batch_256 cuda_attention_bench cuda_dense_bench; do
+for s in fixtures configure build cuda_tests cpu_tests generate make_model decode_b1 decode_b1_eager batch_256 cuda_attention_bench cuda_dense_bench; do
   [ -n "${result[$s]:-}" ] && echo "| $s | ${result[$s]} |"
 done

@@ -1,5 +1,6 @@
 #include "model/device_decoder.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -411,6 +412,17 @@ bool DeviceDecoderModel::forward_graph(const BatchInput& b, PagedKvCache& cache,
   graphs_[g].replay();
   *rows = n;
   return true;
+}
+
+double DeviceDecoderModel::graph_step_ms(int64_t batch, int reps) {
+  if (graphs_.empty() || batch > graph_sizes_.back() || reps < 1) return 0;
+  size_t g = 0;
+  while (graph_sizes_[g] < batch) ++g;
+  synchronize(device_);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; ++r) graphs_[g].replay();
+  synchronize(device_);
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
 Tensor DeviceDecoderModel::forward_batch(const BatchInput& b, PagedKvCache& cache) {

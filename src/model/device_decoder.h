@@ -45,6 +45,10 @@ class DeviceDecoderModel : public Model {
   size_t activation_bytes(int64_t max_batched_tokens, int64_t max_num_seqs) override;
   // Graphs recorded (for tests and start-up logs); their work buffers' bytes.
   size_t num_graphs() const { return graphs_.size(); }
+  // Device time of one decode step of `batch` sequences: the step's graph
+  // replayed back to back (inputs of the last step), ms per replay; 0 when
+  // no graph fits. With a step's wall time it gives the GPU-busy fraction.
+  double graph_step_ms(int64_t batch, int reps);
   size_t graph_memory_bytes() const { return graph_bytes_; }
 
   // The activations of one forward over n tokens with m logit rows.
