@@ -297,7 +297,11 @@ net::awaitable<void> HttpServer::accept_loop() {
     auto [ec, sock] = co_await acceptor_.async_accept(net::make_strand(io_), kTuple);
     if (ec) {
       if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
-      continue;  // e.g. too many open files: keep serving the connections we have
+      // E.g. too many open files: keep serving the connections we have and
+      // try again shortly rather than spinning.
+      net::steady_timer pause(acceptor_.get_executor(), std::chrono::milliseconds(50));
+      co_await pause.async_wait(kTuple);
+      continue;
     }
     boost::system::error_code nec;
     sock.set_option(tcp::no_delay(true), nec);
