@@ -4,6 +4,7 @@
 
 #include "backend/ops/ops.h"
 #include "core/error.h"
+#include "model/sampling.h"
 
 namespace kite {
 
@@ -373,6 +374,15 @@ void PagedKvCache::copy_block(int64_t src, int64_t dst) {
              num_blocks_);
   for (auto* caches : {&k_, &v_})
     for (Tensor& t : *caches) t.slice(0, dst, dst + 1).copy_from(t.slice(0, src, src + 1));
+}
+
+std::vector<int32_t> Model::forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) {
+  Tensor logits = forward_batch(batch, cache);  // [m, vocab] F32 on the CPU
+  const int64_t m = logits.dim(0), vocab = logits.dim(1);
+  std::vector<int32_t> ids(static_cast<size_t>(m));
+  const float* p = logits.data_as<const float>();
+  for (int64_t r = 0; r < m; ++r) ids[size_t(r)] = argmax({p + r * vocab, size_t(vocab)});
+  return ids;
 }
 
 }  // namespace kite

@@ -12,15 +12,6 @@
 
 namespace kite {
 
-std::vector<int32_t> Model::forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) {
-  Tensor logits = forward_batch(batch, cache);  // [m, vocab] F32 on the CPU
-  const int64_t m = logits.dim(0), vocab = logits.dim(1);
-  std::vector<int32_t> ids(static_cast<size_t>(m));
-  const float* p = logits.data_as<const float>();
-  for (int64_t r = 0; r < m; ++r) ids[size_t(r)] = argmax({p + r * vocab, size_t(vocab)});
-  return ids;
-}
-
 namespace {
 
 // A dense weight as BF16 on the host (converted when stored otherwise).
@@ -173,9 +164,8 @@ DeviceDecoderModel::Work DeviceDecoderModel::work_prefix(const Work& w, int64_t 
   return p;
 }
 
-void DeviceDecoderModel::run(const Indices& ix, int64_t n, int64_t n_seqs, int64_t m,
-                             const ops::PagedAttentionHints& hints, Work& w, PagedKvCache& cache) {
-  (void)n_seqs;
+void DeviceDecoderModel::run(const Indices& ix, int64_t n, int64_t m, const ops::PagedAttentionHints& hints, Work& w,
+                             PagedKvCache& cache) {
   const ModelConfig& c = config_;
   const int64_t hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
   const int64_t ffn = c.intermediate_size;
@@ -248,7 +238,7 @@ DeviceDecoderModel::Work DeviceDecoderModel::forward_eager(const BatchInput& b, 
     hints.max_context_len = std::max<int64_t>(hints.max_context_len, b.context_lens[size_t(s)]);
   }
   Work w = allocate_work(n, m);
-  run(ix, n, n_seqs, m, hints, w, cache);
+  run(ix, n, m, hints, w, cache);
   return w;
 }
 
@@ -280,12 +270,10 @@ size_t DeviceDecoderModel::activation_bytes(int64_t max_batched_tokens, int64_t 
     // The graphs' buffers (prepare): one Work of max_num_seqs rows, held
     // beside whatever a step allocates.
     if (max_num_seqs > 0) {
-      const ModelConfig& c = config_;
-      const size_t per_row =
-          2 * (6 * size_t(c.hidden_size) + size_t((c.num_heads + 2 * c.num_kv_heads) * c.head_dim) +
-               size_t((c.num_heads + c.num_kv_heads * 2) * c.head_dim) + 5 * size_t(c.intermediate_size)) +
-          4 * size_t(c.vocab_size) + 64;
-      act += per_row * size_t(max_num_seqs);
+      const Work g = allocate_work(max_num_seqs, max_num_seqs);
+      for (const Tensor* t : {&g.residual, &g.h, &g.y, &g.qkv, &g.q, &g.k, &g.v, &g.attn, &g.gate_up, &g.gate, &g.up,
+                              &g.act, &g.last_y, &g.last_r, &g.normed, &g.logits, &g.ids})
+        act += t->nbytes();
     }
     reset_peak_memory(device_);
     return act;
@@ -312,8 +300,7 @@ void DeviceDecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int6
   graph_max_blocks_ = (max_model_len + cache.block_size() - 1) / cache.block_size();
   const MemoryStats before = memory_stats(device_);
   graph_work_ = allocate_work(B, B);
-  // Inputs, in this order: tokens, positions, slots [B] each, query_start
-  // [B + 1], context_lens [B], block_tables [B, max_blocks], rows [B].
+  // Inputs (layout: upload_graph_inputs).
   const int64_t W = graph_max_blocks_;
   graph_in_ = Tensor::zeros({6 * B + 1 + B * W}, DType::I32, device_);
   int64_t o = 0;
@@ -333,35 +320,23 @@ void DeviceDecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int6
   hints.max_query_len = 1;
   hints.max_context_len = max_model_len;
   hints.kv_splits = 1;  // no split-KV workspace inside a graph
-  for (int64_t b : graph_batch_sizes(B)) {
-    // Inputs of a padded decode step: every row a sequence of one token at
-    // position 0 with no cache write (slot -1), reading block 0.
-    std::vector<int32_t> host(size_t(6 * B + 1 + B * W), 0);
-    int32_t* hp = host.data();
-    for (int64_t i = 0; i < B; ++i) {
-      hp[2 * B + i] = -1;                      // slots
-      hp[3 * B + i] = int32_t(i);              // query_start
-      hp[4 * B + 1 + i] = 1;                   // context_lens
-      hp[5 * B + 1 + B * W + i] = int32_t(i);  // rows
-    }
-    hp[3 * B + B] = int32_t(B);
-    Tensor h = Tensor::empty({int64_t(host.size())}, DType::I32);
-    std::memcpy(h.data(), host.data(), host.size() * sizeof(int32_t));
-    graph_in_.copy_from(h);
+  graph_sizes_ = graph_batch_sizes(B);
+  upload_graph_inputs(nullptr, B);  // all padding: recording reads valid indices and writes no slot
+  for (int64_t b : graph_sizes_) {
     Indices ix = graph_ix_;
     ix.tokens = ix.tokens.slice(0, 0, b);
     ix.positions = ix.positions.slice(0, 0, b);
     ix.slots = ix.slots.slice(0, 0, b);
     ix.query_start = ix.query_start.slice(0, 0, b + 1);
     ix.context_lens = ix.context_lens.slice(0, 0, b);
-    ix.block_tables = ix.block_tables.slice(0, 0, b * W).reshape({b, W});
+    ix.block_tables = ix.block_tables.slice(0, 0, b * W).reshape({b, W});  // [b, W]: row i at i * W
     ix.rows = ix.rows.slice(0, 0, b);
     Work w = work_prefix(graph_work_, b, b);
-    run(ix, b, b, b, hints, w, cache);  // warm-up: kernels configured, GEMM algorithms chosen
+    run(ix, b, b, hints, w, cache);  // warm-up: kernels configured, GEMM algorithms chosen
     synchronize(device_);
     begin_capture(device_);
     try {
-      run(ix, b, b, b, hints, w, cache);
+      run(ix, b, b, hints, w, cache);
     } catch (...) {
       try {
         end_capture(device_);
@@ -370,54 +345,63 @@ void DeviceDecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int6
       throw;
     }
     graphs_.push_back(end_capture(device_));
-    graph_sizes_.push_back(b);
   }
   synchronize(device_);
-  graph_cache_ = cache.k(0).data();
+  graph_cache_ = cache.k(0).data();  // set last: until then no step uses the graphs
   const MemoryStats after = memory_stats(device_);
   graph_bytes_ = after.bytes_in_use > before.bytes_in_use ? after.bytes_in_use - before.bytes_in_use : 0;
 }
 
+size_t DeviceDecoderModel::graph_for(int64_t n) const {
+  size_t g = 0;
+  while (graph_sizes_[g] < n) ++g;
+  return g;
+}
+
+void DeviceDecoderModel::upload_graph_inputs(const BatchInput* b, int64_t padded) {
+  // graph_in_'s layout: tokens, positions, slots [B] each, query_start
+  // [B + 1], context_lens [B], block_tables [B, W], rows [B]. Rows past the
+  // batch (or all, without one) are padding: one token at position 0, no
+  // cache write (slot -1), context 1 read from block 0.
+  const int64_t B = graph_sizes_.back(), W = graph_max_blocks_, n = b ? b->num_tokens() : 0;
+  std::vector<int32_t> host(size_t(6 * B + 1 + B * W), 0);
+  int32_t* hp = host.data();
+  for (int64_t i = 0; i < padded; ++i) {
+    const bool real = i < n;
+    hp[i] = real ? b->tokens[size_t(i)] : 0;
+    hp[B + i] = real ? b->positions[size_t(i)] : 0;
+    hp[2 * B + i] = real ? b->slot_mapping[size_t(i)] : -1;
+    hp[3 * B + i] = int32_t(i);
+    hp[4 * B + 1 + i] = real ? b->context_lens[size_t(i)] : 1;
+    if (real)
+      for (int64_t j = 0; j < b->max_blocks; ++j)
+        hp[5 * B + 1 + i * W + j] = std::max<int32_t>(0, b->block_tables[size_t(i * b->max_blocks + j)]);
+    hp[5 * B + 1 + B * W + i] = int32_t(i);
+  }
+  hp[3 * B + padded] = int32_t(padded);
+  Tensor h = Tensor::empty({int64_t(host.size())}, DType::I32);
+  std::memcpy(h.data(), host.data(), host.size() * sizeof(int32_t));
+  graph_in_.copy_from(h);
+}
+
 bool DeviceDecoderModel::forward_graph(const BatchInput& b, PagedKvCache& cache, int64_t* rows) {
   const int64_t n = b.num_tokens(), n_seqs = b.num_seqs();
-  if (graphs_.empty() || cache.k(0).data() != graph_cache_ || n != n_seqs || n > graph_sizes_.back() ||
+  if (!graph_cache_ || cache.k(0).data() != graph_cache_ || n != n_seqs || n > graph_sizes_.back() ||
       b.max_blocks > graph_max_blocks_ || int64_t(b.logit_rows.size()) != n)
     return false;
   for (int64_t i = 0; i < n; ++i)
     if (b.logit_rows[size_t(i)] != i) return false;
   check_batch(b, cache);
-  size_t g = 0;
-  while (graph_sizes_[g] < n) ++g;
-  const int64_t B = graph_sizes_.back(), W = graph_max_blocks_, P = graph_sizes_[g];
-  // The padded inputs, laid out as graph_in_.
-  std::vector<int32_t> host(size_t(6 * B + 1 + B * W), 0);
-  int32_t* hp = host.data();
-  for (int64_t i = 0; i < P; ++i) {
-    const bool real = i < n;
-    hp[i] = real ? b.tokens[size_t(i)] : 0;
-    hp[B + i] = real ? b.positions[size_t(i)] : 0;
-    hp[2 * B + i] = real ? b.slot_mapping[size_t(i)] : -1;
-    hp[3 * B + i] = int32_t(i);
-    hp[4 * B + 1 + i] = real ? b.context_lens[size_t(i)] : 1;
-    if (real)
-      for (int64_t j = 0; j < b.max_blocks; ++j)
-        hp[5 * B + 1 + i * W + j] = std::max<int32_t>(0, b.block_tables[size_t(i * b.max_blocks + j)]);
-    hp[5 * B + 1 + B * W + i] = int32_t(i);
-  }
-  hp[3 * B + P] = int32_t(P);
-  // The graph of size P reads the block table as [P, W] rows of W.
-  Tensor h = Tensor::empty({int64_t(host.size())}, DType::I32);
-  std::memcpy(h.data(), host.data(), host.size() * sizeof(int32_t));
-  graph_in_.copy_from(h);
+  const size_t g = graph_for(n);
+  upload_graph_inputs(&b, graph_sizes_[g]);
   graphs_[g].replay();
   *rows = n;
   return true;
 }
 
 double DeviceDecoderModel::graph_step_ms(int64_t batch, int reps) {
-  if (graphs_.empty() || batch > graph_sizes_.back() || reps < 1) return 0;
-  size_t g = 0;
-  while (graph_sizes_[g] < batch) ++g;
+  if (!graph_cache_ || batch > graph_sizes_.back() || reps < 1) return 0;
+  const size_t g = graph_for(batch);
   synchronize(device_);
   const auto t0 = std::chrono::steady_clock::now();
   for (int r = 0; r < reps; ++r) graphs_[g].replay();

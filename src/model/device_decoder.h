@@ -72,14 +72,19 @@ class DeviceDecoderModel : public Model {
   Work work_prefix(const Work& w, int64_t n, int64_t m) const;
   // Every op of the forward over preallocated buffers (no allocation, no
   // host copy under ops::TrustedIndices: safe to record as a graph).
-  void run(const Indices& ix, int64_t n, int64_t n_seqs, int64_t m, const ops::PagedAttentionHints& hints, Work& w,
+  void run(const Indices& ix, int64_t n, int64_t m, const ops::PagedAttentionHints& hints, Work& w,
            PagedKvCache& cache);
   // Eager forward: uploads the indices, allocates, runs. Returns the work
   // (logits and ids of the logit rows are in it).
   Work forward_eager(const BatchInput& b, PagedKvCache& cache);
-  // The graph path for a decode step, or nullopt when the batch does not fit
-  // one; fills graph_work_'s first rows.
+  // The graph path for a decode step: false when the batch does not fit
+  // one; else fills graph_work_'s first *rows rows.
   bool forward_graph(const BatchInput& b, PagedKvCache& cache, int64_t* rows);
+  // The smallest recorded batch size >= n (an index into graphs_).
+  size_t graph_for(int64_t n) const;
+  // Writes a decode batch (or, for null, padding only) into graph_in_,
+  // padded to `padded` rows.
+  void upload_graph_inputs(const BatchInput* b, int64_t padded);
   void check_batch(const BatchInput& b, const PagedKvCache& cache) const;
 
   Device device_;

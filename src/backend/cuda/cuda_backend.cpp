@@ -82,15 +82,13 @@ class CudaMemory final : public DeviceMemory {
   void copy_2d(void* dst, size_t dpitch, Device dst_dev, const void* src, size_t spitch, Device src_dev, size_t width,
                size_t height) override {
     if (!width || !height) return;
-    if (dst_dev.is_cpu() == src_dev.is_cpu() && dst_dev.index != src_dev.index && !dst_dev.is_cpu()) {
-      DeviceMemory::copy_2d(dst, dpitch, dst_dev, src, spitch, src_dev, width, height);  // across devices: by rows
-      return;
-    }
-    const Device d = dst_dev.is_cpu() ? src_dev : dst_dev;
-    if (d.is_cpu()) {
+    // Host to host, or across two devices: row by row (the base class).
+    const bool both_cuda = !dst_dev.is_cpu() && !src_dev.is_cpu();
+    if ((dst_dev.is_cpu() && src_dev.is_cpu()) || (both_cuda && dst_dev.index != src_dev.index)) {
       DeviceMemory::copy_2d(dst, dpitch, dst_dev, src, spitch, src_dev, width, height);
       return;
     }
+    const Device d = dst_dev.is_cpu() ? src_dev : dst_dev;
     set_device(d.index);
     cudaStream_t s = current_stream(d.index);
     const cudaMemcpyKind kind = dst_dev.is_cpu()   ? cudaMemcpyDeviceToHost

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "backend/ops/trusted.h"
 
 namespace kite::ops::detail {
@@ -20,6 +23,27 @@ std::string dtype_list(std::initializer_list<DType> dtypes) {
 }  // namespace
 
 void OpCheck::fail_arg(const std::string& arg, const std::string& message) const { throw Error(source_, arg, message); }
+
+void OpCheck::cache_slots(const Tensor& slot_mapping, int64_t n_slots) const {
+  if (!slot_mapping.device().is_cpu() && indices_trusted()) return;
+  const Tensor host = slot_mapping.device().is_cpu() ? slot_mapping : slot_mapping.to(kCpu);
+  const int32_t* slots = host.data_as<const int32_t>();
+  const int64_t n = host.dim(0);
+  std::vector<int32_t> used;
+  used.reserve(size_t(n));
+  for (int64_t t = 0; t < n; ++t) {
+    if (slots[t] == -1) continue;
+    if (slots[t] < 0 || slots[t] >= n_slots)
+      fail_arg("slot_mapping", fmt::format("expected slots in [0, {}) (num_blocks * block_size) or -1, got {} at "
+                                           "index {}",
+                                           n_slots, slots[t], t));
+    used.push_back(slots[t]);
+  }
+  std::sort(used.begin(), used.end());
+  const auto dup = std::adjacent_find(used.begin(), used.end());
+  if (dup != used.end())
+    fail_arg("slot_mapping", fmt::format("expected distinct slots, got slot {} more than once", *dup));
+}
 
 void OpCheck::tensor(const char* arg, const Tensor& t, int ndim, const char* layout,
                      std::initializer_list<DType> dtypes) const {

@@ -26,6 +26,10 @@ class OpCheck {
   // exactly the same memory (an in-place elementwise op) is accepted.
   void no_overlap(const char* arg, const Tensor& t, const char* other, const Tensor& o, bool allow_same) const;
   [[noreturn]] void fail_arg(const std::string& arg, const std::string& message) const;
+  // KV-cache slots (slot_mapping, [n] I32): each -1 or in [0, n_slots), no
+  // slot twice. Device-side slots are copied to the host for the check,
+  // unless indices are trusted (ops/trusted.h).
+  void cache_slots(const Tensor& slot_mapping, int64_t n_slots) const;
 
   // The device's kernel entry, or an Error when that device lacks it.
   template <typename Fn>

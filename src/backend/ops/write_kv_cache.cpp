@@ -1,10 +1,6 @@
 #include "backend/ops/write_kv_cache.h"
 
-#include <algorithm>
-#include <vector>
-
 #include "backend/ops/check.h"
-#include "backend/ops/trusted.h"
 
 namespace kite::ops {
 
@@ -34,30 +30,7 @@ void write_kv_cache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping
   }
   c.no_overlap("v_cache", v_cache, "k_cache", k_cache, false);
 
-  // Trusted device-side slots (ops/trusted.h) skip the host copy below.
-  if (!slot_mapping.device().is_cpu() && indices_trusted()) {
-    c.kernel(k.device(), &Kernels::write_kv_cache)(k, v, slot_mapping, k_cache, v_cache);
-    return;
-  }
-  // Every slot is checked before any row is written (a small copy when the
-  // mapping lives on a device).
-  const Tensor host = slot_mapping.device().is_cpu() ? slot_mapping : slot_mapping.to(kCpu);
-  const int32_t* slots = host.data_as<const int32_t>();
-  const int64_t n_tokens = k.dim(0), n_slots = k_cache.dim(0) * k_cache.dim(1);
-  std::vector<int32_t> used;
-  used.reserve(size_t(n_tokens));
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    if (slots[t] == -1) continue;
-    if (slots[t] < 0 || slots[t] >= n_slots)
-      c.fail_arg("slot_mapping", fmt::format("expected slots in [0, {}) (num_blocks * block_size) or -1, got {} at "
-                                             "index {}",
-                                             n_slots, slots[t], t));
-    used.push_back(slots[t]);
-  }
-  std::sort(used.begin(), used.end());
-  const auto dup = std::adjacent_find(used.begin(), used.end());
-  if (dup != used.end())
-    c.fail_arg("slot_mapping", fmt::format("expected distinct slots, got slot {} more than once", *dup));
+  c.cache_slots(slot_mapping, k_cache.dim(0) * k_cache.dim(1));  // before anything is written
   c.kernel(k.device(), &Kernels::write_kv_cache)(k, v, slot_mapping, k_cache, v_cache);
 }
 
