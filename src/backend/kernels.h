@@ -14,6 +14,7 @@ namespace kite {
 
 struct Kernels {
   void (*embedding)(const Tensor& table, const Tensor& ids, Tensor& out) = nullptr;
+  void (*embedding_shard)(const Tensor& table, const Tensor& ids, int64_t first_id, Tensor& out) = nullptr;
   void (*rms_norm)(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = nullptr;
   void (*linear)(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = nullptr;
   // Quantized weights (never Dense: ops::linear_q forwards those to linear).

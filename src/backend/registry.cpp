@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "backend/backend.h"
+#include "backend/communicator.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/kernels.h"
 #include "core/error.h"
@@ -11,6 +12,11 @@
 
 #ifdef KITE_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
+#endif
+#ifdef KITE_HAVE_NCCL
+namespace kite::cuda {
+NcclFactory nccl_factory();  // backend/cuda/nccl_communicator.cpp
+}
 #endif
 
 namespace kite {
@@ -39,6 +45,9 @@ void init_backends() {
 #ifdef KITE_HAVE_CUDA
     g_cuda = cuda::register_backend(g_kernels[int(DeviceKind::CUDA)]);
 #endif
+#ifdef KITE_HAVE_NCCL
+    if (g_cuda) register_nccl_factory(cuda::nccl_factory());
+#endif
   });
 }
 
@@ -62,6 +71,14 @@ void synchronize(Device device) {
     cuda::synchronize(device.index);
 #endif
   }
+}
+
+void bind_thread(Device device) {
+  if (device.is_cpu()) return;
+  require_cuda(device);
+#ifdef KITE_HAVE_CUDA
+  cuda::bind_thread(device.index);
+#endif
 }
 
 std::string device_description(Device device) {

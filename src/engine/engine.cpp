@@ -99,7 +99,7 @@ EngineConfig Engine::resolve(const Model& model, EngineConfig c) {
     fail("engine", "max_model_len", "{} is invalid; expected 2 to the model's max_position_embeddings = {}",
          c.max_model_len, m.max_position_embeddings);
   if (c.num_blocks == 0) {
-    const size_t per_block = PagedKvCache::bytes_per_block(m, c.block_size, model.kv_dtype());
+    const size_t per_block = model.kv_bytes_per_block(c.block_size);
     c.num_blocks = int64_t(c.kv_cache_memory / per_block);
     if (c.num_blocks < 1)
       fail("engine", "kv_cache_memory", "{} bytes hold no KV block of {} bytes; give more KV cache memory",
@@ -119,7 +119,7 @@ size_t plan_kv_cache_memory(Model& model, const EngineConfig& c, double utilizat
   empty_cache(dev);
   const size_t total = device_total_memory(dev), free_now = device_free_memory(dev);
   const double budget = utilization * double(total) - double(total - free_now) - double(act);
-  const size_t per_block = PagedKvCache::bytes_per_block(model.config(), c.block_size, model.kv_dtype());
+  const size_t per_block = model.kv_bytes_per_block(c.block_size);
   if (budget < double(per_block))
     fail("engine", "gpu_memory_utilization",
          "{:.2f} of {:.1f} GiB leaves no room for the KV cache: {:.1f} GiB in use (weights, runtime), {:.1f} GiB for "
@@ -138,7 +138,7 @@ Engine::Engine(Model& model, const Tokenizer* tokenizer, const EngineConfig& con
     : model_(model),
       tokenizer_(tokenizer),
       config_(resolve(model, config)),
-      cache_(model.config(), config_.num_blocks, config_.block_size, model.device(), model.kv_dtype()),
+      cache_(model.create_kv_cache(config_.num_blocks, config_.block_size)),
       blocks_(config_.num_blocks, config_.block_size, config_.enable_prefix_caching),
       scheduler_(config_.scheduler, blocks_) {
   counters_.kv_blocks_total = config_.num_blocks;

@@ -365,6 +365,16 @@ PagedKvCache::PagedKvCache(const ModelConfig& c, int64_t num_blocks, int64_t blo
   }
 }
 
+PagedKvCache::PagedKvCache(std::vector<PagedKvCache> shards)
+    : num_blocks_(shards.empty() ? 0 : shards[0].num_blocks_),
+      block_size_(shards.empty() ? 0 : shards[0].block_size_),
+      shards_(std::move(shards)) {
+  for (const PagedKvCache& s : shards_)
+    KITE_CHECK(s.num_blocks_ == num_blocks_ && s.block_size_ == block_size_ && s.shards_.empty(),
+               "kv cache shards differ: {} x {} vs {} x {}", s.num_blocks_, s.block_size_, num_blocks_, block_size_);
+  KITE_CHECK(!shards_.empty(), "a sharded kv cache needs at least one shard");
+}
+
 size_t PagedKvCache::bytes_per_block(const ModelConfig& c, int64_t block_size, DType dtype) {
   return size_t(2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim) * dtype_size(dtype);
 }
@@ -374,6 +384,15 @@ void PagedKvCache::copy_block(int64_t src, int64_t dst) {
              num_blocks_);
   for (auto* caches : {&k_, &v_})
     for (Tensor& t : *caches) t.slice(0, dst, dst + 1).copy_from(t.slice(0, src, src + 1));
+  for (PagedKvCache& s : shards_) s.copy_block(src, dst);
+}
+
+PagedKvCache Model::create_kv_cache(int64_t num_blocks, int64_t block_size) {
+  return PagedKvCache(config_, num_blocks, block_size, device(), kv_dtype());
+}
+
+size_t Model::kv_bytes_per_block(int64_t block_size) const {
+  return PagedKvCache::bytes_per_block(config_, block_size, kv_dtype());
 }
 
 std::vector<int32_t> Model::forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) {

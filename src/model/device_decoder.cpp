@@ -38,20 +38,54 @@ Tensor stack_rows(const std::vector<Tensor>& parts, Device dev) {
   return host.to(dev);
 }
 
+// Rows [begin, end) of a 2-D host tensor (or elements of a 1-D one), padded
+// with zero rows to `rows` when given.
+Tensor host_rows(const Tensor& t, int64_t begin, int64_t end, int64_t rows = -1) {
+  if (rows < 0) rows = end - begin;
+  Tensor out = t.ndim() == 2 ? Tensor::zeros({rows, t.dim(1)}, t.dtype()) : Tensor::zeros({rows}, t.dtype());
+  if (end > begin) out.slice(0, 0, end - begin).copy_from(t.slice(0, begin, end));
+  return out;
+}
+// Columns [begin, end) of a 2-D host tensor.
+Tensor host_cols(const Tensor& t, int64_t begin, int64_t end) { return t.slice(1, begin, end).contiguous(); }
+
 }  // namespace
 
-DeviceDecoderModel::DeviceDecoderModel(const DecoderModel& src, Device device) : device_(device) {
+DeviceDecoderModel::DeviceDecoderModel(const DecoderModel& src, Device device, TensorParallelRank tp)
+    : device_(device), tp_(tp) {
   config_ = src.config();
   path_ = src.path();
   const ModelConfig& c = config_;
   const DecoderWeights& w = src.weights();
   const std::string& where = path_;
+  const int64_t N = tp.size, r = tp.rank;
+  if (N < 1 || r < 0 || r >= N || (N > 1 && !tp.comm))
+    fail(where, "tensor_parallel_size", "rank {} of {} is invalid", r, N);
+  for (auto [count, field] : {std::pair{c.num_heads, "num_attention_heads"},
+                              {c.num_kv_heads, "num_key_value_heads"},
+                              {c.intermediate_size, "intermediate_size"}})
+    if (count % N != 0)
+      fail(where, field, "{} does not split over {} tensor-parallel ranks; pick a --tensor-parallel-size dividing it",
+           count, N);
   if (rope_is_dynamic(c))
     fail(where, "rope_scaling", "dynamic NTK RoPE does not run on the device path yet; serve this model on the CPU");
-  embed_ = host_bf16(w.embed).to(device);
+  act_ = device.is_cpu() ? DType::F32 : DType::BF16;
+  local_ = c;
+  local_.num_heads = c.num_heads / N;
+  local_.num_kv_heads = c.num_kv_heads / N;
+  local_.intermediate_size = c.intermediate_size / N;
+  const int64_t hd = c.head_dim, q_rows = local_.num_heads * hd, kv_rows = local_.num_kv_heads * hd;
+  const int64_t ffn = local_.intermediate_size;
+  // Vocabulary shards of equal size; the last one padded with zero rows
+  // (their logits are gathered but never copied into the full row).
+  vocab_shard_ = (c.vocab_size + N - 1) / N;
+  const int64_t v0 = std::min<int64_t>(c.vocab_size, r * vocab_shard_);
+  const int64_t v1 = std::min<int64_t>(c.vocab_size, v0 + vocab_shard_);
+  const Tensor embed_all = host_bf16(w.embed);
+  embed_ = host_rows(embed_all, v0, v1, vocab_shard_).to(device);
   final_norm_ = host_bf16(w.final_norm).to(device);
   const bool tied = w.lm_head.scheme == QuantScheme::Dense && w.lm_head.dense.data() == w.embed.data();
-  lm_head_ = tied ? embed_ : host_bf16(w.lm_head, where + " lm_head").to(device);
+  lm_head_ = tied ? embed_ : host_rows(host_bf16(w.lm_head, where + " lm_head"), v0, v1, vocab_shard_).to(device);
   weight_bytes_ = size_t(c.hidden_size) * 2 + final_norm_.nbytes() + lm_head_.nbytes();
   for (size_t l = 0; l < w.layers.size(); ++l) {
     const LayerWeights& lw = w.layers[l];
@@ -61,21 +95,44 @@ DeviceDecoderModel::DeviceDecoderModel(const DecoderModel& src, Device device) :
     DeviceLayerWeights d;
     d.attn_norm = host_bf16(lw.attn_norm).to(device);
     d.mlp_norm = host_bf16(lw.mlp_norm).to(device);
-    d.wqkv =
-        stack_rows({host_bf16(lw.attn.wq, what), host_bf16(lw.attn.wk, what), host_bf16(lw.attn.wv, what)}, device);
+    // Column-parallel: this rank's output rows of q, k, v, gate and up.
+    d.wqkv = stack_rows({host_rows(host_bf16(lw.attn.wq, what), r * q_rows, (r + 1) * q_rows),
+                         host_rows(host_bf16(lw.attn.wk, what), r * kv_rows, (r + 1) * kv_rows),
+                         host_rows(host_bf16(lw.attn.wv, what), r * kv_rows, (r + 1) * kv_rows)},
+                        device);
     if (lw.attn.bq.defined())
-      d.bqkv = stack_rows({host_bf16(lw.attn.bq), host_bf16(lw.attn.bk), host_bf16(lw.attn.bv)}, device);
-    d.wo = host_bf16(lw.attn.wo, what).to(device);
-    d.w_gate_up = stack_rows({host_bf16(lw.mlp.gate, what), host_bf16(lw.mlp.up, what)}, device);
-    d.w_down = host_bf16(lw.mlp.down, what).to(device);
+      d.bqkv = stack_rows({host_rows(host_bf16(lw.attn.bq), r * q_rows, (r + 1) * q_rows),
+                           host_rows(host_bf16(lw.attn.bk), r * kv_rows, (r + 1) * kv_rows),
+                           host_rows(host_bf16(lw.attn.bv), r * kv_rows, (r + 1) * kv_rows)},
+                          device);
+    // Row-parallel: the input columns matching this rank's heads / MLP columns.
+    const Tensor wo = host_bf16(lw.attn.wo, what);
+    d.wo = (N == 1 ? wo : host_cols(wo, r * q_rows, (r + 1) * q_rows)).to(device);
+    d.w_gate_up = stack_rows({host_rows(host_bf16(lw.mlp.gate, what), r * ffn, (r + 1) * ffn),
+                              host_rows(host_bf16(lw.mlp.up, what), r * ffn, (r + 1) * ffn)},
+                             device);
+    const Tensor down = host_bf16(lw.mlp.down, what);
+    d.w_down = (N == 1 ? down : host_cols(down, r * ffn, (r + 1) * ffn)).to(device);
     for (const Tensor* t : {&d.attn_norm, &d.mlp_norm, &d.wqkv, &d.bqkv, &d.wo, &d.w_gate_up, &d.w_down})
       if (t->defined()) weight_bytes_ += t->nbytes();
     layers_.push_back(std::move(d));
   }
-  RopeFrequencies r = rope_frequencies(c, 0);
-  inv_freq_ = Tensor::from_floats({int64_t(r.inv_freq.size())}, r.inv_freq).to(device);
-  attention_factor_ = r.attention_factor;
+  RopeFrequencies rf = rope_frequencies(c, 0);
+  inv_freq_ = Tensor::from_floats({int64_t(rf.inv_freq.size())}, rf.inv_freq).to(device);
+  attention_factor_ = rf.attention_factor;
   synchronize(device);
+}
+
+PagedKvCache DeviceDecoderModel::create_kv_cache(int64_t num_blocks, int64_t block_size) {
+  return PagedKvCache(local_, num_blocks, block_size, device_, act_);
+}
+
+size_t DeviceDecoderModel::kv_bytes_per_block(int64_t block_size) const {
+  return PagedKvCache::bytes_per_block(local_, block_size, act_);
+}
+
+void DeviceDecoderModel::all_reduce(Tensor& y) {
+  if (tp_.size > 1) tp_.comm->all_reduce_sum(y);
 }
 
 Tensor DeviceDecoderModel::forward(std::span<const int32_t>, KvCache&, bool) {
@@ -115,10 +172,10 @@ void DeviceDecoderModel::check_batch(const BatchInput& b, const PagedKvCache& ca
 }
 
 DeviceDecoderModel::Work DeviceDecoderModel::allocate_work(int64_t n, int64_t m) const {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = local_;  // this rank's heads and MLP columns
   const int64_t d = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t ffn = c.intermediate_size;
-  const DType bf = DType::BF16;
+  const DType bf = act_;
   Work w;
   w.residual = Tensor::empty({n, d}, bf, device_);
   w.h = Tensor::empty({n, d}, bf, device_);
@@ -137,6 +194,10 @@ DeviceDecoderModel::Work DeviceDecoderModel::allocate_work(int64_t n, int64_t m)
   w.normed = Tensor::empty({m, d}, bf, device_);
   w.logits = Tensor::empty({m, c.vocab_size}, DType::F32, device_);
   w.ids = Tensor::empty({m}, DType::I32, device_);
+  if (tp_.size > 1) {
+    w.shard_logits = Tensor::empty({m, vocab_shard_}, DType::F32, device_);
+    w.gathered = Tensor::empty({int64_t(tp_.size), m, vocab_shard_}, DType::F32, device_);
+  }
   return w;
 }
 
@@ -159,19 +220,29 @@ DeviceDecoderModel::Work DeviceDecoderModel::work_prefix(const Work& w, int64_t 
                           {&p.last_r, &w.last_r},
                           {&p.normed, &w.normed},
                           {&p.logits, &w.logits},
-                          {&p.ids, &w.ids}})
-    *dst = src->slice(0, 0, m);
+                          {&p.ids, &w.ids},
+                          {&p.shard_logits, &w.shard_logits}})
+    if (src->defined()) *dst = src->slice(0, 0, m);
+  if (w.gathered.defined())  // contiguous: the first ranks * m rows of the buffer
+    p.gathered = w.gathered.reshape({-1})
+                     .slice(0, 0, int64_t(tp_.size) * m * vocab_shard_)
+                     .reshape({int64_t(tp_.size), m, vocab_shard_});
   return p;
 }
 
 void DeviceDecoderModel::run(const Indices& ix, int64_t n, int64_t m, const ops::PagedAttentionHints& hints, Work& w,
                              PagedKvCache& cache) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = local_;  // this rank's heads and MLP columns
   const int64_t hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
   const int64_t ffn = c.intermediate_size;
   const float eps = float(c.rms_norm_eps), scale = 1.0f / std::sqrt(float(hd));
   ops::TrustedIndices trusted;  // built from the engine's validated block tables
-  ops::embedding(embed_, ix.tokens, w.residual);
+  if (tp_.size == 1) {
+    ops::embedding(embed_, ix.tokens, w.residual);
+  } else {  // each rank looks up its vocabulary shard (zeros elsewhere), then the sum
+    ops::embedding_shard(embed_, ix.tokens, int64_t(tp_.rank) * vocab_shard_, w.residual);
+    all_reduce(w.residual);
+  }
   for (size_t l = 0; l < layers_.size(); ++l) {
     const DeviceLayerWeights& lw = layers_[l];
     if (l == 0)
@@ -188,18 +259,30 @@ void DeviceDecoderModel::run(const Indices& ix, int64_t n, int64_t m, const ops:
     ops::paged_attention(w.q, cache.k(int64_t(l)), cache.v(int64_t(l)), ix.query_start, ix.context_lens,
                          ix.block_tables, scale, hints, w.attn);
     ops::linear(w.attn.reshape({n, q_dim}), lw.wo, nullptr, w.y);
+    all_reduce(w.y);                                            // row-parallel: the ranks' partial sums
     ops::add_rms_norm(w.y, w.residual, lw.mlp_norm, eps, w.h);  // residual += attn out; h = norm(residual)
     ops::linear(w.h, lw.w_gate_up, nullptr, w.gate_up);
     w.gate.copy_from(w.gate_up.slice(1, 0, ffn));
     w.up.copy_from(w.gate_up.slice(1, ffn, 2 * ffn));
     ops::silu_mul(w.gate, w.up, w.act);
     ops::linear(w.act, lw.w_down, nullptr, w.y);
+    all_reduce(w.y);
   }
   if (m == 0) return;
   ops::embedding(w.y, ix.rows, w.last_y);  // row gathers of the logit rows
   ops::embedding(w.residual, ix.rows, w.last_r);
   ops::add_rms_norm(w.last_y, w.last_r, final_norm_, eps, w.normed);
-  ops::linear(w.normed, lm_head_, nullptr, w.logits);
+  if (tp_.size == 1) {
+    ops::linear(w.normed, lm_head_, nullptr, w.logits);
+  } else {  // each rank's vocabulary shard, gathered into full rows
+    ops::linear(w.normed, lm_head_, nullptr, w.shard_logits);
+    tp_.comm->all_gather(w.shard_logits, w.gathered);  // [ranks, m, vocab_shard]
+    const int64_t vocab = config_.vocab_size;
+    for (int64_t r = 0; r < tp_.size; ++r) {
+      const int64_t v0 = std::min(vocab, r * vocab_shard_), v1 = std::min(vocab, v0 + vocab_shard_);
+      if (v1 > v0) w.logits.slice(1, v0, v1).copy_from(w.gathered.select(r).slice(1, 0, v1 - v0));
+    }
+  }
   ops::argmax(w.logits, w.ids);
 }
 
@@ -245,12 +328,13 @@ DeviceDecoderModel::Work DeviceDecoderModel::forward_eager(const BatchInput& b, 
 size_t DeviceDecoderModel::activation_bytes(int64_t max_batched_tokens, int64_t max_num_seqs) {
   // A profiling forward: one sequence prefilling max_batched_tokens tokens
   // into a scratch cache, every row's logits (the most any step asks for).
+  if (device_.is_cpu()) return 0;
   const int64_t n = std::max<int64_t>(1, max_batched_tokens), bs = 16;
   synchronize(device_);
   const MemoryStats before = memory_stats(device_);
   reset_peak_memory(device_);
   {
-    PagedKvCache scratch(config_, (n + bs - 1) / bs, bs, device_, DType::BF16);
+    PagedKvCache scratch(local_, (n + bs - 1) / bs, bs, device_, act_);
     const size_t cache_bytes = memory_stats(device_).bytes_in_use - before.bytes_in_use;
     BatchInput b;
     for (int64_t i = 0; i < n; ++i) {
@@ -272,8 +356,8 @@ size_t DeviceDecoderModel::activation_bytes(int64_t max_batched_tokens, int64_t 
     if (max_num_seqs > 0) {
       const Work g = allocate_work(max_num_seqs, max_num_seqs);
       for (const Tensor* t : {&g.residual, &g.h, &g.y, &g.qkv, &g.q, &g.k, &g.v, &g.attn, &g.gate_up, &g.gate, &g.up,
-                              &g.act, &g.last_y, &g.last_r, &g.normed, &g.logits, &g.ids})
-        act += t->nbytes();
+                              &g.act, &g.last_y, &g.last_r, &g.normed, &g.logits, &g.ids, &g.shard_logits, &g.gathered})
+        if (t->defined()) act += t->nbytes();
     }
     reset_peak_memory(device_);
     return act;
@@ -295,7 +379,7 @@ void DeviceDecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int6
   graphs_.clear();
   graph_sizes_.clear();
   graph_cache_ = nullptr;
-  if (enforce_eager || max_num_seqs < 1) return;
+  if (enforce_eager || max_num_seqs < 1 || device_.is_cpu()) return;
   const int64_t B = max_num_seqs;
   graph_max_blocks_ = (max_model_len + cache.block_size() - 1) / cache.block_size();
   const MemoryStats before = memory_stats(device_);

@@ -4,11 +4,22 @@
 // Q/K/V projections fused into one GEMM and gate/up into another, the
 // residual add fused into the next RMSNorm, RoPE fused with the KV-cache
 // write, BF16 paged KV cache. Built from a loaded CPU DecoderModel; runs
-// only forward_batch (the engine's path).
+// only forward_batch (the engine's path). On the CPU it runs the same code
+// with F32 activations and KV cache (BF16 weights): how tensor parallelism
+// is tested without GPUs.
+//
+// Tensor parallelism (Megatron-style): rank r of N holds attention heads
+// [r nh/N, (r+1) nh/N) and KV heads likewise (Q/K/V and gate/up split by
+// output rows, "column-parallel"), the matching input columns of the output
+// and down projections ("row-parallel": each rank's partial sums are
+// all-reduced), its KV heads' cache, and a vocabulary shard of the
+// embedding (looked up, then all-reduced) and of lm_head (logits
+// all-gathered). Every rank runs the same batch.
 #include <memory>
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/communicator.h"
 #include "backend/ops/paged_attention.h"
 #include "model/decoder.h"
 
@@ -23,15 +34,28 @@ struct DeviceLayerWeights {
   Tensor w_down;               // [d, ffn]
 };
 
+// Which shard a DeviceDecoderModel holds (size 1: the whole model).
+struct TensorParallelRank {
+  int rank = 0, size = 1;
+  Communicator* comm = nullptr;  // joins the ranks when size > 1 (not owned)
+};
+
 class DeviceDecoderModel : public Model {
  public:
-  // Copies (and converts) the weights of `src` to `device` as BF16. Throws
-  // kite::Error for what the device path does not run yet (quantized
-  // weights, per-head q/k norms, dynamic RoPE).
-  DeviceDecoderModel(const DecoderModel& src, Device device);
+  // Copies (and converts) rank tp.rank's shard of the weights of `src` to
+  // `device` as BF16. Throws kite::Error for what the device path does not
+  // run yet (quantized weights, per-head q/k norms, dynamic RoPE) and for
+  // head or MLP counts the ranks cannot split evenly.
+  DeviceDecoderModel(const DecoderModel& src, Device device, TensorParallelRank tp = {});
+  // This rank's weight bytes (the whole model's when size is 1).
   size_t weight_bytes() const override { return weight_bytes_; }
   Device device() const override { return device_; }
-  DType kv_dtype() const override { return DType::BF16; }
+  DType kv_dtype() const override { return act_; }
+  // The shapes this rank runs: num_heads, num_kv_heads and
+  // intermediate_size divided by the ranks (its KV cache's config).
+  const ModelConfig& shard_config() const { return local_; }
+  PagedKvCache create_kv_cache(int64_t num_blocks, int64_t block_size) override;
+  size_t kv_bytes_per_block(int64_t block_size) const override;
   // Not on the device path: kite ppl and the contiguous cache run on the CPU.
   Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) override;
   Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) override;
@@ -61,6 +85,8 @@ class DeviceDecoderModel : public Model {
     Tensor last_y, last_r, normed;  // [m, d]
     Tensor logits;                  // [m, vocab] F32
     Tensor ids;                     // [m] I32
+    Tensor shard_logits;            // [m, vocab_shard] F32 (tensor parallel)
+    Tensor gathered;                // [ranks, m, vocab_shard] F32 (tensor parallel)
   };
   // The index arrays of a batch on the device.
   struct Indices {
@@ -87,11 +113,18 @@ class DeviceDecoderModel : public Model {
   void upload_graph_inputs(const BatchInput* b, int64_t padded);
   void check_batch(const BatchInput& b, const PagedKvCache& cache) const;
 
+  // Tensor parallelism: y = the sum of every rank's y (no-op for one rank).
+  void all_reduce(Tensor& y);
+
   Device device_;
+  TensorParallelRank tp_;
+  ModelConfig local_;        // this rank's head and MLP counts
+  DType act_ = DType::BF16;  // activations and KV cache: BF16 on devices, F32 on the CPU
+  int64_t vocab_shard_ = 0;  // rows of embed_/lm_head_ per rank (the last rank's padded with zeros)
   size_t weight_bytes_ = 0;
-  Tensor embed_;       // [vocab, d] BF16
+  Tensor embed_;       // [vocab_shard, d] BF16
   Tensor final_norm_;  // [d] BF16
-  Tensor lm_head_;     // [vocab, d] BF16 (the embedding when tied)
+  Tensor lm_head_;     // [vocab_shard, d] BF16 (the embedding when tied)
   std::vector<DeviceLayerWeights> layers_;
   Tensor inv_freq_;  // [rotary_dim / 2] F32 on the device
   float attention_factor_ = 1.0f;

@@ -33,22 +33,32 @@ class KvCache {
 // [num_blocks, block_size, n_kv_heads, head_dim] in the model's KV dtype
 // (F32 on the CPU, BF16 on CUDA). Which slots belong to which sequence is
 // the engine's business (engine/block_manager.h).
+//
+// A tensor-parallel model's cache is made of shards, one per rank, each
+// holding that rank's KV heads on its device; the engine sees one cache of
+// num_blocks blocks (block ids mean the same block in every shard).
 class PagedKvCache {
  public:
   PagedKvCache(const ModelConfig& config, int64_t num_blocks, int64_t block_size, Device device = kCpu,
                DType dtype = DType::F32);
+  // A cache over per-rank shards of equal num_blocks and block_size.
+  explicit PagedKvCache(std::vector<PagedKvCache> shards);
   // Bytes one block takes over all layers (K and V).
   static size_t bytes_per_block(const ModelConfig& config, int64_t block_size, DType dtype = DType::F32);
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
-  Tensor& k(int64_t layer) { return k_[size_t(layer)]; }  // [num_blocks, block_size, n_kv_heads, head_dim]
-  Tensor& v(int64_t layer) { return v_[size_t(layer)]; }  // [num_blocks, block_size, n_kv_heads, head_dim]
+  // Layers of an unsharded cache (num_shards() == 0).
+  Tensor& k(int64_t layer) { return k_.at(size_t(layer)); }  // [num_blocks, block_size, n_kv_heads, head_dim]
+  Tensor& v(int64_t layer) { return v_.at(size_t(layer)); }  // [num_blocks, block_size, n_kv_heads, head_dim]
+  int num_shards() const { return int(shards_.size()); }
+  PagedKvCache& shard(int rank) { return shards_.at(size_t(rank)); }
   // Copies block src's K/V into block dst in every layer (copy-on-write).
   void copy_block(int64_t src, int64_t dst);
 
  private:
   int64_t num_blocks_, block_size_;
   std::vector<Tensor> k_, v_;
+  std::vector<PagedKvCache> shards_;
 };
 
 // One engine step: the new tokens of several sequences, concatenated
@@ -80,8 +90,14 @@ class Model {
   const std::string& path() const { return path_; }
   virtual Device device() const = 0;                     // where the weights live
   virtual DType kv_dtype() const { return DType::F32; }  // of the paged KV cache it runs on
-  // Bytes of weights read by one decode step (for bandwidth floors).
+  // Bytes of weights read by one decode step, over all devices (for
+  // bandwidth floors: each of tensor_parallel_size() devices reads its share).
   virtual size_t weight_bytes() const = 0;
+  virtual int tensor_parallel_size() const { return 1; }
+  // The paged cache this model runs on, and its bytes per block on each
+  // device (tensor-parallel models shard the KV heads across ranks).
+  virtual PagedKvCache create_kv_cache(int64_t num_blocks, int64_t block_size);
+  virtual size_t kv_bytes_per_block(int64_t block_size) const;
 
   // Runs tokens at positions [cache.size(), cache.size() + n), appends their
   // K/V to the cache and returns logits: [n, vocab] when all_logits, else

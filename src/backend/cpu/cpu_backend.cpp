@@ -96,6 +96,9 @@ void register_add_rms_norm(Kernels& table);
 void register_kernels(Kernels& table) {
   register_add_rms_norm(table);
   table.embedding = [](const Tensor& t, const Tensor& ids, Tensor& out) { embedding(t, ids, out); };
+  table.embedding_shard = [](const Tensor& t, const Tensor& ids, int64_t first, Tensor& out) {
+    embedding_shard(t, ids, first, out);
+  };
   table.rms_norm = [](const Tensor& x, const Tensor& w, float eps, Tensor& out) {
     rms_norm(x, w, eps, out, simd_level());
   };

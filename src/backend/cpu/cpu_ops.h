@@ -12,6 +12,7 @@
 namespace kite::cpu {
 
 void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
+void embedding_shard(const Tensor& table, const Tensor& ids, int64_t first_id, Tensor& out);
 void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, SimdLevel level);
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, SimdLevel level);
 // A quantized (not Dense) weight; perm values are range-checked here.

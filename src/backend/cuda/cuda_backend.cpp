@@ -145,6 +145,11 @@ void synchronize(int device_index) {
   check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
 }
 
+void bind_thread(int device_index) {
+  device_state(device_index);
+  set_device(device_index);
+}
+
 std::string description(int device_index) {
   cudaDeviceProp p{};
   check_cuda(cudaGetDeviceProperties(&p, device_index), "cudaGetDeviceProperties");

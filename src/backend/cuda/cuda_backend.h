@@ -17,6 +17,8 @@ bool register_backend(Kernels& table);
 // Waits for the device's stream (every kernel and copy Kite queues runs on it).
 void synchronize(int device_index);
 std::string description(int device_index);
+// Makes `device_index` the calling thread's current device.
+void bind_thread(int device_index);
 
 // The pool's statistics and controls (backend.h's memory functions).
 MemoryStats memory_stats(int device_index);

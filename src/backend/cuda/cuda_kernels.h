@@ -60,11 +60,12 @@ cudaError_t launch_linear_fallback(const void* x, const void* w, const void* bia
                                    DType y_dtype, int64_t n, int64_t m, int64_t k, cudaStream_t stream);
 
 // ---- embedding (embedding.cu) -------------------------------------------
-// out[i, :] = table[ids[i], :] converted to out_dtype; a row whose id is
-// outside [0, vocab) is written as zeros (the op checks ids beforehand).
+// out[i, :] = table[ids[i] - first_id, :] converted to out_dtype; a row
+// whose id - first_id is outside [0, vocab) is written as zeros (a
+// vocabulary shard's lookup; ops::embedding checks ids beforehand).
 // table: [vocab, d] F32|BF16; ids: [n] I32; out: [n, d] F32|BF16.
-cudaError_t launch_embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t vocab, void* out,
-                             DType out_dtype, int64_t n, int64_t d, cudaStream_t stream);
+cudaError_t launch_embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t first_id, int64_t vocab,
+                             void* out, DType out_dtype, int64_t n, int64_t d, cudaStream_t stream);
 
 // ---- norms (rms_norm.cu): one CTA per row, F32 math ----------------------
 // out[i, :] = x[i, :] * inv_i * weight with inv_i = 1 / sqrt(mean(x[i, :]^2) + eps)

@@ -16,8 +16,15 @@ cudaStream_t stream_for(const Tensor& t) {
 
 void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   cudaStream_t s = stream_for(table);
-  check_cuda(launch_embedding(table.data(), table.dtype(), ids.data_as<const int32_t>(), table.dim(0), out.data(),
+  check_cuda(launch_embedding(table.data(), table.dtype(), ids.data_as<const int32_t>(), 0, table.dim(0), out.data(),
                               out.dtype(), out.dim(0), out.dim(1), s),
+             "embedding kernel");
+}
+
+void embedding_shard(const Tensor& table, const Tensor& ids, int64_t first_id, Tensor& out) {
+  cudaStream_t s = stream_for(table);
+  check_cuda(launch_embedding(table.data(), table.dtype(), ids.data_as<const int32_t>(), first_id, table.dim(0),
+                              out.data(), out.dtype(), out.dim(0), out.dim(1), s),
              "embedding kernel");
 }
 
@@ -54,6 +61,7 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
 
 void register_dense_kernels(Kernels& table) {
   table.embedding = embedding;
+  table.embedding_shard = embedding_shard;
   table.rms_norm = rms_norm;
   table.add_rms_norm = add_rms_norm;
   table.linear = linear;

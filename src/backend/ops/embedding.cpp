@@ -5,8 +5,8 @@
 
 namespace kite::ops {
 
-void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
-  const detail::OpCheck c("embedding");
+namespace {
+void check_shapes(const detail::OpCheck& c, const Tensor& table, const Tensor& ids, const Tensor& out) {
   const bool cuda = !table.device().is_cpu();
   if (cuda)
     c.tensor("table", table, 2, "[vocab, d]", {DType::F32, DType::BF16});
@@ -21,6 +21,20 @@ void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   c.dim("out", out, 0, ids.dim(0), "n of ids");
   c.dim("out", out, 1, table.dim(1), "d of table");
   c.same_device("out", out, "table", table);
+}
+}  // namespace
+
+void embedding_shard(const Tensor& table, const Tensor& ids, int64_t first_id, Tensor& out) {
+  const detail::OpCheck c("embedding_shard");
+  check_shapes(c, table, ids, out);
+  if (first_id < 0) c.fail_arg("first_id", fmt::format("{} is negative", first_id));
+  if (ids.dim(0) == 0) return;
+  c.kernel(table.device(), &Kernels::embedding_shard)(table, ids, first_id, out);
+}
+
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+  const detail::OpCheck c("embedding");
+  check_shapes(c, table, ids, out);
   // Every id is checked before any row is read (a small copy when ids live
   // on a device, skipped for trusted indices: ops/trusted.h).
   if (!ids.device().is_cpu() && indices_trusted()) {

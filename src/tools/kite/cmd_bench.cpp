@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "model/device_decoder.h"
 #include "model/generation.h"
+#include "model/tensor_parallel.h"
 #include "tools/kite/commands.h"
 #include "tools/kite/model_files.h"
 
@@ -64,6 +65,7 @@ Run add_bench(CLI::App& app) {
   struct Args {
     std::string model;
     std::string device = "cpu";
+    int tensor_parallel_size = 1;
     int64_t batch = 1, prompt_len = 128, gen_len = 128, reps = 3;
     double kv_cache_gib = 0;
     bool json = false;
@@ -75,6 +77,7 @@ Run add_bench(CLI::App& app) {
   bench->require_subcommand(1);
   c->add_option("--model,-m", a->model, "Model directory or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
+  add_tensor_parallel_option(*c, a->tensor_parallel_size);
   c->add_option("--batch,-b", a->batch, "Sequences run together")->capture_default_str();
   c->add_option("--prompt-len,-p", a->prompt_len, "Prompt tokens")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--gen-len,-n", a->gen_len, "Generated tokens")->capture_default_str()->check(CLI::PositiveNumber);
@@ -89,7 +92,7 @@ Run add_bench(CLI::App& app) {
   return [a, c, throughput] {
     if (!c->parsed()) return throughput();
     if (a->batch < 1) fail("--batch", "batch", "{} is invalid; expected at least 1", a->batch);
-    auto model = load_model_for(a->model, a->device);
+    auto model = load_model_for(a->model, a->device, a->tensor_parallel_size);
     const ModelConfig& cfg = model->config();
     const Device dev = model->device();
     if (a->prompt_len + a->gen_len > cfg.max_position_embeddings)
@@ -150,25 +153,32 @@ Run add_bench(CLI::App& app) {
     // GPU-busy fraction of a decode step: device time of the step's graph
     // replayed back to back over the step's wall time in the engine.
     double busy = 0, gpu_step_ms = 0;
-    if (auto* dm = dynamic_cast<DeviceDecoderModel*>(model.get()); dm && best_step_ms > 0) {
-      gpu_step_ms = dm->graph_step_ms(a->batch, 20);
+    if (best_step_ms > 0) {
+      if (auto* dm = dynamic_cast<DeviceDecoderModel*>(model.get()))
+        gpu_step_ms = dm->graph_step_ms(a->batch, 20);
+      else if (auto* tp = dynamic_cast<TensorParallelModel*>(model.get()); tp && !dev.is_cpu())
+        gpu_step_ms = tp->graph_step_ms(a->batch, 20);
       busy = gpu_step_ms / best_step_ms;
     }
     const double bw = dev.is_cpu() ? copy_bandwidth() : device_copy_bandwidth(dev);
     const double bytes = double(model->weight_bytes());
-    const double floor_tps = bw / bytes * double(a->batch);  // weights read once per decode step
+    // Weights read once per decode step; tensor-parallel ranks read their
+    // shares at once, each at the device's bandwidth.
+    const int tp_size = model->tensor_parallel_size();
+    const double floor_tps = (dev.is_cpu() ? 1 : tp_size) * bw / bytes * double(a->batch);
     const double rss = peak_rss_mib();
     if (a->json) {
       std::printf(
           "{\"device\": \"%s\", \"batch\": %lld, \"prompt_len\": %lld, \"gen_len\": %lld, "
           "\"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f, \"decode_step_ms\": %.3f, "
           "\"weight_bytes\": %.0f, \"copy_bandwidth\": %.4g, \"decode_vs_floor\": %.4f, \"gpu_step_ms\": %.3f, "
-          "\"gpu_busy\": %.3f, \"total_tok_s\": %.1f}\n",
+          "\"gpu_busy\": %.3f, \"total_tok_s\": %.1f, \"tensor_parallel_size\": %d}\n",
           device_description(dev).c_str(), (long long)a->batch, (long long)a->prompt_len, (long long)a->gen_len,
-          best_pp, best_tg, best_step_ms, bytes, bw, best_tg / floor_tps, gpu_step_ms, busy, best_total);
+          best_pp, best_tg, best_step_ms, bytes, bw, best_tg / floor_tps, gpu_step_ms, busy, best_total, tp_size);
       return 0;
     }
-    std::printf("device: %s\n", device_description(dev).c_str());
+    std::printf("device: %s%s\n", device_description(dev).c_str(),
+                tp_size > 1 ? fmt::format(" and {} more (tensor parallel)", tp_size - 1).c_str() : "");
     std::printf("model: %s (%.1f MB of weights read per decode step)\n", a->model.c_str(), bytes / 1e6);
     std::printf("copy bandwidth: %.2f GB/s -> decode floor %.1f tok/s at batch %lld\n", bw / 1e9, floor_tps,
                 (long long)a->batch);

@@ -19,6 +19,7 @@ namespace {
 struct ServeArgs {
   std::string model;
   std::string device = "cpu";
+  int tensor_parallel_size = 1;
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string served_model_name;
@@ -76,7 +77,7 @@ int run_serve(const ServeArgs& a) {
          a.gpu_memory_utilization);
   if (a.max_queue < 0) fail("--max-queue", "max_queue", "{} is invalid; expected 0 (unlimited) or more", a.max_queue);
 
-  auto model = load_model_for(a.model, a.device);
+  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size);
   auto tok = load_tokenizer_for(a.model);
   const std::string dir = model_dir(a.model);
 
@@ -111,6 +112,10 @@ int run_serve(const ServeArgs& a) {
   const int64_t max_len = eng.max_model_len();
   std::fprintf(stderr, "kite serve: model %s on %s, %.2f GB of weights\n", a.model.c_str(),
                device_description(model->device()).c_str(), double(model->weight_bytes()) / 1e9);
+  if (model->tensor_parallel_size() > 1)
+    std::fprintf(stderr,
+                 "kite serve: tensor parallel over %d ranks (devices %s and on); the KV cache figures are per rank\n",
+                 model->tensor_parallel_size(), model->device().str().c_str());
   std::fprintf(stderr, "kite serve: KV cache: %lld blocks of %lld tokens = %lld tokens; max_model_len %lld\n",
                (long long)eng.num_blocks(), (long long)eng.config().block_size, (long long)kv_tokens,
                (long long)max_len);
@@ -174,6 +179,7 @@ Run add_serve(CLI::App& app) {
   c->add_option("--model,-m", a->model,
                 "Hugging Face model directory, quantized checkpoint (kite quantize) or .gguf file");
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
+  add_tensor_parallel_option(*c, a->tensor_parallel_size);
   c->add_option("--host", a->host, "Address to listen on")->capture_default_str();
   c->add_option("--port", a->port, "TCP port (0 = any free port)")->capture_default_str();
   c->add_option("--served-model-name", a->served_model_name, "The model name clients send; default: the --model path");

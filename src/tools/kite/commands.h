@@ -17,5 +17,7 @@ Run add_serve(CLI::App& app);
 Run add_make_model(CLI::App& app);
 // `kite bench throughput`, registered under the bench subcommand.
 Run add_bench_throughput(CLI::App& bench);
+// The --tensor-parallel-size option (vLLM's spelling, also --tp).
+void add_tensor_parallel_option(CLI::App& c, int& size);
 
 }  // namespace kite::cli

@@ -4,6 +4,8 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "model/device_decoder.h"
+#include "model/tensor_parallel.h"
+#include "tools/kite/commands.h"
 
 namespace kite::cli {
 
@@ -52,8 +54,17 @@ Device parse_device(const std::string& spec) {
   fail("--device", "device", "'{}' is not a device; use cpu, cuda, cuda:N or auto", spec);
 }
 
-std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device) {
-  return load_model_on(path, parse_device(device));
+std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size) {
+  if (tensor_parallel_size < 1)
+    fail("--tensor-parallel-size", "tensor-parallel-size", "{} is invalid; expected 1 or more", tensor_parallel_size);
+  return load_model_parallel(path, parse_device(device), tensor_parallel_size);
+}
+
+void add_tensor_parallel_option(CLI::App& c, int& size) {
+  c.add_option("--tensor-parallel-size,--tp", size,
+               "Split the model over this many devices (CUDA: cuda:0.. through NCCL; cpu: threads)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 }
 
 }  // namespace kite::cli

@@ -24,8 +24,10 @@ std::vector<int32_t> stop_ids_for(const std::string& path, const Model& model, c
 // the CPU); kite::Error otherwise or when CUDA is asked for but absent.
 Device parse_device(const std::string& spec);
 // load_model on `device` ("cpu", "cuda", "auto", ...): CUDA runs the BF16
-// device decoder (model/device_decoder.h).
-std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device);
+// device decoder (model/device_decoder.h); a tensor_parallel_size above 1
+// splits it over that many devices from `device` on (model/tensor_parallel.h;
+// CPU ranks are threads).
+std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size = 1);
 // Reads a whole text file (kite::Error naming it when missing).
 std::string read_text(const std::string& path);
 

@@ -1,0 +1,59 @@
+// The engine over a tensor-parallel model on the CPU (2 ranks as threads,
+// local all-reduce): greedy outputs on kite-ref equal one rank's.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/mapped_file.h"
+#include "engine/engine.h"
+#include "model/tensor_parallel.h"
+
+namespace kite {
+namespace {
+
+const std::string kRef = std::string(KITE_SHARED_DIR) + "/models/kite-ref";
+
+std::unique_ptr<DecoderModel> load_decoder(const std::string& path) {
+  std::unique_ptr<Model> m = load_model(path);
+  auto* d = dynamic_cast<DecoderModel*>(m.get());
+  if (!d) return nullptr;
+  m.release();
+  return std::unique_ptr<DecoderModel>(d);
+}
+
+TEST(TensorParallel, EngineGreedyOutputsEqualOneRank) {
+  const auto ref = nlohmann::json::parse(read_text_file(kRef + "/reference.json"));
+  auto src = load_decoder(kRef);
+  ASSERT_TRUE(src);
+  auto run = [&](Model& m) {
+    EngineConfig c;
+    c.num_blocks = 128;
+    c.max_model_len = 512;
+    c.eos_ids = {2};
+    Engine e(m, nullptr, c);
+    int i = 0;
+    for (const auto& g : ref["greedy"]) {
+      GenerationParams p;
+      p.sampling.temperature = 0;
+      p.max_tokens = 32;
+      p.ignore_eos = true;
+      e.add_request("r" + std::to_string(i++), g["prompt_ids"].template get<std::vector<int32_t>>(), p);
+    }
+    std::map<std::string, std::vector<int32_t>> out;
+    while (e.has_work())
+      for (RequestOutput& o : e.step())
+        for (SampleOutput& s : o.samples) out[o.id].insert(out[o.id].end(), s.token_ids.begin(), s.token_ids.end());
+    return out;
+  };
+  DeviceDecoderModel one(*src, kCpu);
+  TensorParallelModel tp(*src, {kCpu, kCpu}, make_local_communicators(2));
+  const auto a = run(one), b = run(tp);
+  ASSERT_EQ(a.size(), ref["greedy"].size());
+  for (const auto& [id, toks] : a) {
+    EXPECT_EQ(toks.size(), 32u) << id;
+    EXPECT_EQ(b.at(id), toks) << id;
+  }
+}
+
+}  // namespace
+}  // namespace kite
