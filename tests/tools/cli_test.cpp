@@ -51,6 +51,21 @@ TEST(Cli, GenerateStreamsTheGreedyReference) {
   EXPECT_NE(r.err.find("tok/s"), std::string::npos);
 }
 
+TEST(Cli, GenerateTensorParallelOnCpuRanksGivesTheReference) {
+  // Two CPU ranks (threads, local all-reduce) through the engine: HF's greedy text.
+  auto ref = nlohmann::json::parse(kite::read_text_file(kModel + "/reference.json"));
+  const auto& g = ref["greedy"][1];
+  Result r = run("generate --tensor-parallel-size 2 --model " + kModel + " --prompt '" +
+                 g["prompt"].get<std::string>() + "' --max-tokens 48");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, g["text"].get<std::string>() + "\n");
+  // kite-ref has 2 KV heads: 3 ranks cannot split them; --tp 0 is no size.
+  Result bad = run("generate --tp 3 --model " + kModel + " --prompt hi");
+  EXPECT_EQ(bad.status, 2) << bad.err;
+  EXPECT_NE(bad.err.find("num_key_value_heads"), std::string::npos) << bad.err;
+  EXPECT_EQ(run("generate --tp 0 --model " + kModel + " --prompt hi").status, 2);
+}
+
 TEST(Cli, ChatUsesTheModelsTemplate) {
   // reference.json's chat[0] is "Hello!" rendered by HF with the model's template.
   auto ref = nlohmann::json::parse(kite::read_text_file(kModel + "/reference.json"));
