@@ -500,6 +500,7 @@ void register_attention_kernels(Kernels& table) {
   table.paged_attention = attn::paged_attention;
   table.write_kv_cache = attn::write_kv_cache;
   table.rope_write_kv_cache = attn::rope_write_kv_cache;
+  table.rope_write_kv_cache_fused = attn::rope_write_kv_cache_fused;
 }
 
 }  // namespace kite::cuda
