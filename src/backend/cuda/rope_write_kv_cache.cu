@@ -1,5 +1,7 @@
-// RoPE on q (in place) and k, then the K/V cache write, in one kernel: one
-// CTA per token. The math is the CPU's, step for step: angle float(pos) *
+// RoPE on q and k, then the K/V cache write, in one kernel: one CTA per
+// token. q, k, v are read at a per-token stride: separate tensors (q rotated
+// in place) or the column blocks of a fused QKV output (q rotated into its
+// own buffer). The math is the CPU's, step for step: angle float(pos) *
 // inv_freq[j] in F32, cos/sin in double rounded to F32 and scaled by the
 // attention factor, the rotation as separately rounded F32 products and
 // sums (no FMA contraction); each result is rounded to BF16 once.
