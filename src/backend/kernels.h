@@ -29,10 +29,15 @@ struct Kernels {
   void (*write_kv_cache)(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache,
                          Tensor& v_cache) = nullptr;
   void (*silu_mul)(const Tensor& gate, const Tensor& up, Tensor& out) = nullptr;
+  // out = silu(gate_up[:, :f]) * gate_up[:, f:] (ops/silu_mul.h).
+  void (*silu_mul_fused)(const Tensor& gate_up, Tensor& out) = nullptr;
   void (*add)(const Tensor& a, const Tensor& b, Tensor& out) = nullptr;
   void (*rope_write_kv_cache)(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
                               const Tensor& inv_freq, float attention_factor, const Tensor& slot_mapping,
                               Tensor& k_cache, Tensor& v_cache) = nullptr;
+  void (*rope_write_kv_cache_fused)(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                                    float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
+                                    Tensor& v_cache) = nullptr;
   // residual += x, then out = rms_norm(residual) (ops/add_rms_norm.h).
   void (*add_rms_norm)(const Tensor& x, Tensor& residual, const Tensor& weight, float eps, Tensor& out) = nullptr;
   // out[r] = argmax of row r of x [m, n] F32 (ops/argmax.h).

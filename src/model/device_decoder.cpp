@@ -182,12 +182,8 @@ DeviceDecoderModel::Work DeviceDecoderModel::allocate_work(int64_t n, int64_t m)
   w.y = Tensor::empty({n, d}, bf, device_);
   w.qkv = Tensor::empty({n, (nh + 2 * nkv) * hd}, bf, device_);
   w.q = Tensor::empty({n, nh, hd}, bf, device_);
-  w.k = Tensor::empty({n, nkv, hd}, bf, device_);
-  w.v = Tensor::empty({n, nkv, hd}, bf, device_);
   w.attn = Tensor::empty({n, nh, hd}, bf, device_);
   w.gate_up = Tensor::empty({n, 2 * ffn}, bf, device_);
-  w.gate = Tensor::empty({n, ffn}, bf, device_);
-  w.up = Tensor::empty({n, ffn}, bf, device_);
   w.act = Tensor::empty({n, ffn}, bf, device_);
   w.last_y = Tensor::empty({m, d}, bf, device_);
   w.last_r = Tensor::empty({m, d}, bf, device_);
@@ -208,12 +204,8 @@ DeviceDecoderModel::Work DeviceDecoderModel::work_prefix(const Work& w, int64_t 
                           {&p.y, &w.y},
                           {&p.qkv, &w.qkv},
                           {&p.q, &w.q},
-                          {&p.k, &w.k},
-                          {&p.v, &w.v},
                           {&p.attn, &w.attn},
                           {&p.gate_up, &w.gate_up},
-                          {&p.gate, &w.gate},
-                          {&p.up, &w.up},
                           {&p.act, &w.act}})
     *dst = src->slice(0, 0, n);
   for (auto [dst, src] : {std::pair{&p.last_y, &w.last_y},
@@ -233,8 +225,7 @@ DeviceDecoderModel::Work DeviceDecoderModel::work_prefix(const Work& w, int64_t 
 void DeviceDecoderModel::run(const Indices& ix, int64_t n, int64_t m, const ops::PagedAttentionHints& hints, Work& w,
                              PagedKvCache& cache) {
   const ModelConfig& c = local_;  // this rank's heads and MLP columns
-  const int64_t hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
-  const int64_t ffn = c.intermediate_size;
+  const int64_t hd = c.head_dim, q_dim = c.num_heads * hd, n_qkv = c.num_heads + 2 * c.num_kv_heads;
   const float eps = float(c.rms_norm_eps), scale = 1.0f / std::sqrt(float(hd));
   ops::TrustedIndices trusted;  // built from the engine's validated block tables
   if (tp_.size == 1) {
@@ -250,21 +241,16 @@ void DeviceDecoderModel::run(const Indices& ix, int64_t n, int64_t m, const ops:
     else
       ops::add_rms_norm(w.y, w.residual, lw.attn_norm, eps, w.h);  // residual += mlp out; h = norm(residual)
     ops::linear(w.h, lw.wqkv, lw.bqkv.defined() ? &lw.bqkv : nullptr, w.qkv);
-    Tensor q2 = w.q.reshape({n, q_dim}), k2 = w.k.reshape({n, kv_dim}), v2 = w.v.reshape({n, kv_dim});
-    q2.copy_from(w.qkv.slice(1, 0, q_dim));  // row-strided 2-D copies
-    k2.copy_from(w.qkv.slice(1, q_dim, q_dim + kv_dim));
-    v2.copy_from(w.qkv.slice(1, q_dim + kv_dim, q_dim + 2 * kv_dim));
-    ops::rope_write_kv_cache(w.q, w.k, w.v, ix.positions, inv_freq_, attention_factor_, ix.slots, cache.k(int64_t(l)),
-                             cache.v(int64_t(l)));
+    // q rotated into w.q, k rotated and v into the cache, read straight from the fused output.
+    ops::rope_write_kv_cache_fused(w.qkv.reshape({n, n_qkv, hd}), ix.positions, inv_freq_, attention_factor_, ix.slots,
+                                   w.q, cache.k(int64_t(l)), cache.v(int64_t(l)));
     ops::paged_attention(w.q, cache.k(int64_t(l)), cache.v(int64_t(l)), ix.query_start, ix.context_lens,
                          ix.block_tables, scale, hints, w.attn);
     ops::linear(w.attn.reshape({n, q_dim}), lw.wo, nullptr, w.y);
     all_reduce(w.y);                                            // row-parallel: the ranks' partial sums
     ops::add_rms_norm(w.y, w.residual, lw.mlp_norm, eps, w.h);  // residual += attn out; h = norm(residual)
     ops::linear(w.h, lw.w_gate_up, nullptr, w.gate_up);
-    w.gate.copy_from(w.gate_up.slice(1, 0, ffn));
-    w.up.copy_from(w.gate_up.slice(1, ffn, 2 * ffn));
-    ops::silu_mul(w.gate, w.up, w.act);
+    ops::silu_mul_fused(w.gate_up, w.act);  // silu(gate) * up from the fused [n, 2 ffn] output
     ops::linear(w.act, lw.w_down, nullptr, w.y);
     all_reduce(w.y);
   }
@@ -355,8 +341,8 @@ size_t DeviceDecoderModel::activation_bytes(int64_t max_batched_tokens, int64_t 
     // beside whatever a step allocates.
     if (max_num_seqs > 0) {
       const Work g = allocate_work(max_num_seqs, max_num_seqs);
-      for (const Tensor* t : {&g.residual, &g.h, &g.y, &g.qkv, &g.q, &g.k, &g.v, &g.attn, &g.gate_up, &g.gate, &g.up,
-                              &g.act, &g.last_y, &g.last_r, &g.normed, &g.logits, &g.ids, &g.shard_logits, &g.gathered})
+      for (const Tensor* t : {&g.residual, &g.h, &g.y, &g.qkv, &g.q, &g.attn, &g.gate_up, &g.act, &g.last_y, &g.last_r,
+                              &g.normed, &g.logits, &g.ids, &g.shard_logits, &g.gathered})
         if (t->defined()) act += t->nbytes();
     }
     reset_peak_memory(device_);

@@ -79,8 +79,8 @@ class DeviceDecoderModel : public Model {
   struct Work {
     Tensor residual, h, y;          // [n, d]
     Tensor qkv;                     // [n, (nh + 2 nkv) hd]
-    Tensor q, k, v, attn;           // [n, nh|nkv, hd]
-    Tensor gate_up, gate, up;       // [n, 2 ffn], [n, ffn], [n, ffn]
+    Tensor q, attn;                 // [n, nh, hd]
+    Tensor gate_up;                 // [n, 2 ffn]
     Tensor act;                     // [n, ffn]
     Tensor last_y, last_r, normed;  // [m, d]
     Tensor logits;                  // [m, vocab] F32

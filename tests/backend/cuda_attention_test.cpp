@@ -543,6 +543,55 @@ TEST(CudaRopeWriteKvCache, MatchesTheCpu) {
   }
 }
 
+// The fused-QKV variant on the GPU: bitwise what the split op gives on the
+// GPU (the same kernel reading at strides), qkv left as it was.
+TEST(CudaRopeWriteKvCacheFused, EqualsTheSplitOpBitwise) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  struct Case {
+    int64_t n, nh, nkv, hd, r, bs, num_blocks;
+    float factor;
+  };
+  const Case cases[] = {{256, 32, 8, 128, 64, 16, 20, 1.0f},
+                        {17, 16, 2, 64, 32, 16, 3, 1.0f},
+                        {40, 8, 4, 64, 16, 5, 10, 0.7f},  // partial rotary: the pass-through dims are copied
+                        {5, 6, 3, 40, 13, 1, 9, 1.0f}};
+  uint32_t seed = 9500;
+  for (const Case& c : cases) {
+    std::mt19937 rng(++seed);
+    const int64_t nq = c.nh + 2 * c.nkv;
+    Tensor qkv = Tensor::empty({c.n, nq, c.hd}, DType::F32);
+    fill_uniform(qkv.data_as<float>(), qkv.numel(), rng, -2.0f, 2.0f);
+    std::vector<int32_t> pos(static_cast<size_t>(c.n)), all(static_cast<size_t>(c.num_blocks * c.bs));
+    for (int32_t& p : pos) p = std::uniform_int_distribution<int32_t>(0, 131072)(rng);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int32_t> slots(static_cast<size_t>(c.n));
+    for (int64_t t = 0; t < c.n; ++t) slots[size_t(t)] = t % 5 == 2 ? -1 : all[size_t(t)];
+    const Tensor positions = test::i32_tensor({c.n}, pos).to(kGpu),
+                 slot_mapping = test::i32_tensor({c.n}, slots).to(kGpu);
+    const Tensor inv_freq = Tensor::from_floats({c.r}, inv_freqs(c.r, c.hd)).to(kGpu);
+    const Shape shape = {c.num_blocks, c.bs, c.nkv, c.hd};
+    const Tensor host = qkv.to_dtype(DType::BF16);  // [n, nq, hd]
+
+    // The split op: q, k, v copied out on the host.
+    Tensor q = host.slice(1, 0, c.nh).contiguous().to(kGpu);
+    const Tensor k = host.slice(1, c.nh, c.nh + c.nkv).contiguous().to(kGpu);
+    const Tensor v = host.slice(1, c.nh + c.nkv, nq).contiguous().to(kGpu);
+    Tensor want_k = test::nan_tensor(shape).to_dtype(DType::BF16).to(kGpu), want_v = want_k.to(kCpu).to(kGpu);
+    ops::rope_write_kv_cache(q, k, v, positions, inv_freq, c.factor, slot_mapping, want_k, want_v);
+
+    const Tensor gqkv = host.to(kGpu);
+    Tensor got_q = test::nan_tensor({c.n, c.nh, c.hd}).to_dtype(DType::BF16).to(kGpu);
+    Tensor kc = test::nan_tensor(shape).to_dtype(DType::BF16).to(kGpu), vc = kc.to(kCpu).to(kGpu);
+    ops::rope_write_kv_cache_fused(gqkv, positions, inv_freq, c.factor, slot_mapping, got_q, kc, vc);
+    const std::string what = fmt::format("n={} heads={}/{} hd={} r={}", c.n, c.nh, c.nkv, c.hd, c.r);
+    expect_same_bits(got_q.to_floats(), q.to_floats(), what + " q");
+    expect_same_bits(kc.to_floats(), want_k.to_floats(), what + " k_cache");
+    expect_same_bits(vc.to_floats(), want_v.to_floats(), what + " v_cache");
+    expect_same_bits(gqkv.to_floats(), host.to_floats(), what + " qkv is left alone");
+  }
+}
+
 // An engine's steps on the GPU: each step rotates and stores its tokens
 // with rope_write_kv_cache, then attends; the output must match the CPU op
 // run on the GPU's own q and cache (read back), and the cache must hold the

@@ -319,6 +319,27 @@ TEST(CudaSiluMul, MatchesTheCpuOp) {
   }
 }
 
+// silu_mul_fused on a [n, 2f] gate/up tensor: the CPU op's values, within the
+// silu_mul tolerance; odd f takes the scalar path, f % 8 == 0 the packed one.
+TEST(CudaSiluMulFused, MatchesTheCpuOp) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 2500;
+  const std::pair<int64_t, int64_t> rows[] = {{1, 1}, {1, 8}, {3, 17}, {5, 64}, {7, 1000}, {33, 129}, {256, 14336}};
+  for (auto [n, f] : rows) {
+    for (DType dt : {DType::BF16, DType::F32}) {
+      Tensor gu = random_tensor({n, 2 * f}, dt, ++seed, -20, 20);
+      Tensor ref = Tensor::empty({n, f}, DType::F32);
+      ops::silu_mul_fused(to_f32(gu), ref);
+      const std::vector<float> rf = ref.to_floats();
+      const double round = dt == DType::BF16 ? kBf16 : 0.0;
+      auto tol = [&](size_t i) { return (round + 4e-6) * std::abs(double(rf[i])) + 1e-30; };
+      Tensor out = Tensor::empty({n, f}, dt, kGpu);
+      ops::silu_mul_fused(gu.to(kGpu), out);
+      expect_within(out.to_floats(), rf, tol, fmt::format("{}x{} {}", n, f, dtype_name(dt)));
+    }
+  }
+}
+
 TEST(CudaSiluMul, ExtremeGatesStayFinite) {
   SKIP_WITHOUT_CUDA();
   Tensor g = Tensor::from_floats({1, 6}, {-200.0f, -88.0f, -10.0f, 10.0f, 88.0f, 200.0f}).to_dtype(DType::BF16);

@@ -96,6 +96,58 @@ TEST(SiluMul, MatchesFloat64ReferenceAtEverySimdLevel) {
   }
 }
 
+// silu_mul_fused over a fused [n, 2f] gate/up output: each row's halves
+// against the float64 reference, at every SIMD level and through the op.
+TEST(SiluMulFused, MatchesFloat64ReferenceAtEverySimdLevel) {
+  uint32_t seed = 4500;
+  for (const RowsCase& c : kRowCases) {
+    Tensor gu = test::random_tensor({c.n, 2 * c.d}, DType::F32, ++seed, -20.0f, 20.0f);
+    const std::vector<double> gd = test::to_doubles(gu);
+    std::vector<double> want(size_t(c.n * c.d));
+    for (int64_t i = 0; i < c.n; ++i)
+      for (int64_t j = 0; j < c.d; ++j) {
+        const double g = gd[size_t(i * 2 * c.d + j)], u = gd[size_t(i * 2 * c.d + c.d + j)];
+        want[size_t(i * c.d + j)] = g / (1.0 + std::exp(-g)) * u;
+      }
+    for (cpu::SimdLevel level : test::simd_levels()) {
+      Tensor out = test::nan_tensor({c.n, c.d});
+      cpu::silu_mul_fused(gu, out, level);
+      test::expect_close(out.to_floats(), want, 1e-6, 1e-30,
+                         fmt::format("n={} f={} simd={}", c.n, c.d, cpu::simd_name(level)));
+    }
+    Tensor out = test::nan_tensor({c.n, c.d});
+    ops::silu_mul_fused(gu, out);
+    test::expect_close(out.to_floats(), want, 1e-6, 1e-30, fmt::format("n={} f={} op", c.n, c.d));
+  }
+}
+
+TEST(SiluMulFused, RejectsBadArguments) {
+  const std::string op = "silu_mul_fused";
+  Tensor gu = Tensor::zeros({3, 8}, DType::F32), out = Tensor::zeros({3, 4}, DType::F32);
+  EXPECT_NO_THROW(ops::silu_mul_fused(gu, out));
+  test::expect_op_error(op, "gate_up", [&] {
+    Tensor odd = Tensor::zeros({3, 7}, DType::F32), o = Tensor::zeros({3, 3}, DType::F32);
+    ops::silu_mul_fused(odd, o);
+  });
+  test::expect_op_error(op, "gate_up", [&] { ops::silu_mul_fused(Tensor::zeros({3, 8}, DType::BF16), out); });
+  test::expect_op_error(op, "out", [&] {
+    Tensor o = Tensor::zeros({3, 8}, DType::F32);
+    ops::silu_mul_fused(gu, o);
+  });
+  test::expect_op_error(op, "out", [&] {
+    Tensor o = Tensor::zeros({2, 4}, DType::F32);
+    ops::silu_mul_fused(gu, o);
+  });
+  test::expect_op_error(op, "out", [&] {
+    Tensor o = gu.slice(1, 0, 4);  // a view into gate_up (and not contiguous)
+    ops::silu_mul_fused(gu, o);
+  });
+  test::expect_op_error(op, "out", [&] {
+    Tensor o = gu.reshape({6, 4}).slice(0, 0, 3);  // overlaps gate_up
+    ops::silu_mul_fused(gu, o);
+  });
+}
+
 TEST(SiluMul, ExtremeGatesStayFinite) {
   Tensor g = Tensor::from_floats({1, 6}, {-200.0f, -88.0f, -10.0f, 10.0f, 88.0f, 200.0f});
   Tensor u = Tensor::from_floats({1, 6}, {1, 1, 1, 1, 1, 1});

@@ -86,6 +86,9 @@ std::string description() { return fmt::format("cpu ({}, {} threads)", simd_name
 // backend/cpu/rope_write_kv_cache.cpp: rope on q and a copy of k, then write_kv_cache.
 void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
                          float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
+void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                               float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
+                               Tensor& v_cache);
 
 // backend/cpu/argmax.cpp.
 void argmax(const Tensor& x, Tensor& out);
@@ -119,9 +122,11 @@ void register_kernels(Kernels& table) {
     write_kv_cache(k, v, slots, kc, vc);
   };
   table.silu_mul = [](const Tensor& g, const Tensor& u, Tensor& out) { silu_mul(g, u, out, simd_level()); };
+  table.silu_mul_fused = [](const Tensor& gu, Tensor& out) { silu_mul_fused(gu, out, simd_level()); };
   table.add = [](const Tensor& a, const Tensor& b, Tensor& out) { add(a, b, out, simd_level()); };
   table.rope_write_kv_cache = rope_write_kv_cache;  // backend/cpu/rope_write_kv_cache.cpp
-  table.argmax = argmax;                            // backend/cpu/argmax.cpp
+  table.rope_write_kv_cache_fused = rope_write_kv_cache_fused;
+  table.argmax = argmax;  // backend/cpu/argmax.cpp
 }
 
 }  // namespace kite::cpu

@@ -27,6 +27,8 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
 // Row copies only: one path for every level.
 void write_kv_cache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out, SimdLevel level);
+// gate_up [n, 2f] -> out [n, f]: silu_mul's kernel on each row's two halves.
+void silu_mul_fused(const Tensor& gate_up, Tensor& out, SimdLevel level);
 void add(const Tensor& a, const Tensor& b, Tensor& out, SimdLevel level);
 
 }  // namespace kite::cpu

@@ -33,6 +33,9 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
 void write_kv_cache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
 void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
                          float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
+void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                               float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
+                               Tensor& v_cache);
 
 }  // namespace attn
 }  // namespace kite::cuda

@@ -48,6 +48,10 @@ cudaError_t launch_add(const void* a, const void* b, void* out, DType dtype, int
 // out = silu(gate) * up = gate / (1 + exp(-gate)) * up in F32, over n elements
 // (out may alias gate or up). dtype: F32 or BF16.
 cudaError_t launch_silu_mul(const void* gate, const void* up, void* out, DType dtype, int64_t n, cudaStream_t stream);
+// out[i, j] = silu(gate_up[i, j]) * gate_up[i, f + j]: gate_up [n, 2f], out
+// [n, f] (no aliasing), the same math as launch_silu_mul. dtype: F32 or BF16.
+cudaError_t launch_silu_mul_fused(const void* gate_up, void* out, DType dtype, int64_t n, int64_t f,
+                                  cudaStream_t stream);
 // y[i, j] += bias[j] in F32, rounded once to y's dtype.
 // y: [n, m] F32|BF16; bias: [m] F32|BF16.
 cudaError_t launch_add_bias(void* y, DType y_dtype, const void* bias, DType bias_dtype, int64_t n, int64_t m,

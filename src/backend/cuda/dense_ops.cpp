@@ -54,6 +54,12 @@ void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   check_cuda(launch_silu_mul(gate.data(), up.data(), out.data(), gate.dtype(), gate.numel(), s), "silu_mul kernel");
 }
 
+void silu_mul_fused(const Tensor& gate_up, Tensor& out) {
+  cudaStream_t s = stream_for(gate_up);
+  check_cuda(launch_silu_mul_fused(gate_up.data(), out.data(), gate_up.dtype(), out.dim(0), out.dim(1), s),
+             "silu_mul_fused kernel");
+}
+
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
   cudaStream_t s = stream_for(a);
   check_cuda(launch_add(a.data(), b.data(), out.data(), a.dtype(), a.numel(), s), "add kernel");
@@ -67,6 +73,7 @@ void register_dense_kernels(Kernels& table) {
   table.linear = linear;
   table.rope = rope;
   table.silu_mul = silu_mul;
+  table.silu_mul_fused = silu_mul_fused;
   table.add = add;
 }
 

@@ -6,7 +6,8 @@
 // K/V row brought into shared memory serves the whole group.
 //
 //  - decode_kernel (every sequence has at most one query, or the one-query
-//    sequences of a mixed batch): one CTA per (sequence, KV head, split); its
+//    sequences of a mixed batch): one CTA per (sequence, KV head, split),
+//    the KV heads of a sequence adjacent in the grid; its
 //    16 rows are the group's heads. The 4 warps take turns over 16-key tiles
 //    of the context (one cache block at block_size 16), each with its own
 //    3-stage cp.async pipeline, and the CTA merges the warps' (max, sum, O).
@@ -85,6 +86,31 @@ __device__ __forceinline__ void load_kv_tile(const Params& p, const int32_t* tab
   }
 }
 
+// load_kv_tile when the kKeys keys from key0 lie in one cache block
+// (block_size a multiple of kKeys, key0 a multiple of kKeys): one table
+// lookup and no division per row.
+template <int kHeadDim, int kKeys, int kLanes>
+__device__ __forceinline__ void load_kv_tile_one_block(const Params& p, const int32_t* table, int kvh, int key0,
+                                                       int limit, bf16* k_tile, bf16* v_tile, int tid) {
+  constexpr int kChunks = kHeadDim / 8;
+  static_assert((kKeys * kChunks) % kLanes == 0, "whole chunks per lane");
+  const int b = key0 / p.block_size;
+  int block = key0 < limit && b < p.width ? table[b] : -1;
+  if (block >= p.num_blocks) block = -1;
+  const int64_t row_stride = int64_t(p.n_kv_heads) * kHeadDim;
+  const int64_t base =
+      block >= 0 ? (int64_t(block) * p.block_size + (key0 - b * p.block_size)) * row_stride + int64_t(kvh) * kHeadDim
+                 : 0;
+#pragma unroll
+  for (int i = 0; i < kKeys * kChunks / kLanes; ++i) {
+    const int idx = tid + i * kLanes, row = idx / kChunks, c = idx % kChunks;
+    const bool valid = block >= 0 && key0 + row < limit;
+    const int64_t src = valid ? base + row * row_stride + c * 8 : 0;
+    cp_async_16(smem_addr(k_tile + swz<kHeadDim>(row, c)), p.k_cache + src, valid);
+    cp_async_16(smem_addr(v_tile + swz<kHeadDim>(row, c)), p.v_cache + src, valid);
+  }
+}
+
 // Keys per split: the range [0, len) cut into `splits` parts, each a
 // multiple of `align` keys (the last ones may be empty).
 __device__ __forceinline__ int split_len(int len, int splits, int align) {
@@ -104,7 +130,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   bf16* q_tile = reinterpret_cast<bf16*>(smem);  // [16][kHeadDim]
   bf16* stages = q_tile + 16 * kHeadDim;         // [kWarps][kDecodeStages][K, V][16][kHeadDim]
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane >> 2, t = lane & 3;
-  const int s = blockIdx.x, kvh = blockIdx.y / p.head_chunks, h0 = (blockIdx.y % p.head_chunks) * 16;
+  // blockIdx.x: sequence-major, (KV head, head chunk) fastest: the CTAs of
+  // one sequence run side by side and together read whole cache rows (all
+  // KV heads of a key position are adjacent in the cache).
+  const int per_seq = p.n_kv_heads * p.head_chunks;
+  const int s = int(blockIdx.x / per_seq), y = int(blockIdx.x % per_seq);
+  const int kvh = y / p.head_chunks, h0 = (y % p.head_chunks) * 16;
   const int split = blockIdx.z, splits = gridDim.z;
   const int q0 = p.seq_start[s], n_q = p.seq_start[s + 1] - q0;
   if (n_q <= 0 || (p.single_query_only && n_q != 1)) return;
@@ -131,10 +162,17 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       cp_async_16(smem_addr(q_tile + swz<kHeadDim>(r, c)), p.q + row * kHeadDim + c * 8, valid);
     }
     cp_async_commit();
+    // lo is a multiple of the tile: with block_size a multiple of it too,
+    // every tile lies in one cache block.
+    const bool one_block = p.block_size % kDecodeTileKeys == 0;
     const auto load = [&](int u) {
       bf16* k_tile = my_stages + (u % kDecodeStages) * 2 * kTile;
-      load_kv_tile<kHeadDim, kDecodeTileKeys, kWarpSize>(p, table, kvh, lo + (warp + u * kWarps) * kDecodeTileKeys, hi,
-                                                         k_tile, k_tile + kTile, lane);
+      const int key0 = lo + (warp + u * kWarps) * kDecodeTileKeys;
+      if (one_block)
+        load_kv_tile_one_block<kHeadDim, kDecodeTileKeys, kWarpSize>(p, table, kvh, key0, hi, k_tile, k_tile + kTile,
+                                                                     lane);
+      else
+        load_kv_tile<kHeadDim, kDecodeTileKeys, kWarpSize>(p, table, kvh, key0, hi, k_tile, k_tile + kTile, lane);
     };
 #pragma unroll
     for (int u = 0; u < kDecodeStages - 1; ++u) {
@@ -163,6 +201,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = g + 8 * half;
+      if (r >= rows) continue;  // padding rows of the MMA tile (group < 16)
       float* dst = red_o + (warp * 16 + r) * kHeadDim + 2 * t;
 #pragma unroll
       for (int d = 0; d < kHeadDim / 8; ++d)
@@ -430,7 +469,7 @@ void run(const Params& base, int64_t n_tokens, const ops::PagedAttentionHints& h
   p.out.splits = int(splits);
   p.single_query_only = !decode_only;
   if (p.n_seqs > 0) {
-    const dim3 grid(unsigned(p.n_seqs), unsigned(p.n_kv_heads * p.head_chunks), unsigned(splits));
+    const dim3 grid(unsigned(int64_t(p.n_seqs) * p.n_kv_heads * p.head_chunks), 1, unsigned(splits));
     decode_kernel<kHeadDim><<<grid, kThreads, decode_smem_bytes<kHeadDim>(), stream>>>(p);
     check(cudaGetLastError(), "paged attention decode kernel launch");
   }
@@ -500,6 +539,7 @@ void register_attention_kernels(Kernels& table) {
   table.paged_attention = attn::paged_attention;
   table.write_kv_cache = attn::write_kv_cache;
   table.rope_write_kv_cache = attn::rope_write_kv_cache;
+  table.rope_write_kv_cache_fused = attn::rope_write_kv_cache_fused;
 }
 
 }  // namespace kite::cuda

@@ -1,5 +1,7 @@
-// RoPE on q (in place) and k, then the K/V cache write, in one kernel: one
-// CTA per token. The math is the CPU's, step for step: angle float(pos) *
+// RoPE on q and k, then the K/V cache write, in one kernel: one CTA per
+// token. q, k, v are read at a per-token stride: separate tensors (q rotated
+// in place) or the column blocks of a fused QKV output (q rotated into its
+// own buffer). The math is the CPU's, step for step: angle float(pos) *
 // inv_freq[j] in F32, cos/sin in double rounded to F32 and scaled by the
 // attention factor, the rotation as separately rounded F32 products and
 // sums (no FMA contraction); each result is rounded to BF16 once.
@@ -15,10 +17,16 @@ namespace {
 
 constexpr int kThreads = 128;
 
+// Each token's rows sit at a stride (elements): q_in/q_out [n_heads,
+// head_dim] at q_in_stride/q_out_stride, k and v [n_kv_heads, head_dim] at
+// kv_stride: contiguous tensors, or the q, k, v column blocks of a fused QKV
+// output. q_in == q_out rotates q in place.
 struct RopeArgs {
-  bf16* q;                // [n_tokens, n_heads, head_dim]
-  const bf16* k;          // [n_tokens, n_kv_heads, head_dim]
-  const bf16* v;          // [n_tokens, n_kv_heads, head_dim]
+  const bf16* q_in;
+  bf16* q_out;
+  const bf16* k;
+  const bf16* v;
+  int64_t q_in_stride, q_out_stride, kv_stride;
   const int32_t* pos;     // [n_tokens]
   const float* inv_freq;  // [r]
   const int32_t* slots;   // [n_tokens]
@@ -49,19 +57,28 @@ __global__ void __launch_bounds__(kThreads) rope_write_kernel(RopeArgs a) {
     cs[r + j] = __fmul_rn(float(sd), a.factor);
   }
   __syncthreads();
-  bf16* q = a.q + t * a.n_heads * hd;
+  const bf16* qi = a.q_in + t * a.q_in_stride;
+  bf16* qo = a.q_out + t * a.q_out_stride;
   for (int i = threadIdx.x; i < a.n_heads * r; i += kThreads) {
     const int h = i / r, j = i % r;
-    bf16* x = q + h * hd;
+    const bf16* x = qi + h * hd;
+    bf16* y = qo + h * hd;
     const float x1 = __bfloat162float(x[j]), x2 = __bfloat162float(x[j + r]), c = cs[j], s = cs[r + j];
-    x[j] = __float2bfloat16_rn(rot_lo(x1, x2, c, s));
-    x[j + r] = __float2bfloat16_rn(rot_hi(x1, x2, c, s));
+    y[j] = __float2bfloat16_rn(rot_lo(x1, x2, c, s));
+    y[j + r] = __float2bfloat16_rn(rot_hi(x1, x2, c, s));
+  }
+  if (qi != qo && 2 * r < hd) {  // dims past the rotary ones, copied as they are
+    const int pass = hd - 2 * r;
+    for (int i = threadIdx.x; i < a.n_heads * pass; i += kThreads) {
+      const int h = i / pass, d = 2 * r + i % pass;
+      qo[h * hd + d] = qi[h * hd + d];
+    }
   }
   const int32_t slot = a.slots[t];
   if (slot < 0 || slot >= a.n_slots) return;  // padding: q only
   const int64_t row = int64_t(a.n_kv_heads) * hd;
-  const bf16* k = a.k + t * row;
-  const bf16* v = a.v + t * row;
+  const bf16* k = a.k + t * a.kv_stride;
+  const bf16* v = a.v + t * a.kv_stride;
   bf16* kc = a.k_cache + slot * row;
   bf16* vc = a.v_cache + slot * row;
   for (int i = threadIdx.x; i < row; i += kThreads) {
@@ -77,6 +94,22 @@ __global__ void __launch_bounds__(kThreads) rope_write_kernel(RopeArgs a) {
   }
 }
 
+// The rest of `a` from the shared arguments, then the launch (one CTA per token).
+void launch(RopeArgs& a, int64_t n_tokens, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
+            const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache, int device) {
+  a.pos = positions.data_as<const int32_t>();
+  a.inv_freq = inv_freq.data_as<const float>();
+  a.slots = slot_mapping.data_as<const int32_t>();
+  a.k_cache = k_cache.data_as<bf16>();
+  a.v_cache = v_cache.data_as<bf16>();
+  a.r = int(inv_freq.dim(0));
+  a.factor = attention_factor;
+  a.n_slots = k_cache.dim(0) * k_cache.dim(1);
+  const size_t smem = size_t(2 * std::max(a.r, 1)) * sizeof(float);
+  rope_write_kernel<<<unsigned(n_tokens), kThreads, smem, current_stream(device)>>>(a);
+  check(cudaGetLastError(), "rope_write_kv_cache kernel launch");
+}
+
 }  // namespace
 
 void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
@@ -85,23 +118,36 @@ void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tens
   if (n_tokens == 0) return;
   check(cudaSetDevice(q.device().index), "cudaSetDevice");
   RopeArgs a{};
-  a.q = q.data_as<bf16>();
+  a.q_in = q.data_as<const bf16>();
+  a.q_out = q.data_as<bf16>();
   a.k = k.data_as<const bf16>();
   a.v = v.data_as<const bf16>();
-  a.pos = positions.data_as<const int32_t>();
-  a.inv_freq = inv_freq.data_as<const float>();
-  a.slots = slot_mapping.data_as<const int32_t>();
-  a.k_cache = k_cache.data_as<bf16>();
-  a.v_cache = v_cache.data_as<bf16>();
   a.n_heads = int(q.dim(1));
   a.n_kv_heads = int(k.dim(1));
   a.head_dim = int(q.dim(2));
-  a.r = int(inv_freq.dim(0));
-  a.factor = attention_factor;
-  a.n_slots = k_cache.dim(0) * k_cache.dim(1);
-  const size_t smem = size_t(2 * std::max(a.r, 1)) * sizeof(float);
-  rope_write_kernel<<<unsigned(n_tokens), kThreads, smem, current_stream(q.device().index)>>>(a);
-  check(cudaGetLastError(), "rope_write_kv_cache kernel launch");
+  a.q_in_stride = a.q_out_stride = int64_t(a.n_heads) * a.head_dim;
+  a.kv_stride = int64_t(a.n_kv_heads) * a.head_dim;
+  launch(a, n_tokens, positions, inv_freq, attention_factor, slot_mapping, k_cache, v_cache, q.device().index);
+}
+
+void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                               float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
+                               Tensor& v_cache) {
+  const int64_t n_tokens = qkv.dim(0);
+  if (n_tokens == 0) return;
+  check(cudaSetDevice(qkv.device().index), "cudaSetDevice");
+  RopeArgs a{};
+  a.n_heads = int(q.dim(1));
+  a.n_kv_heads = int(k_cache.dim(2));
+  a.head_dim = int(qkv.dim(2));
+  const bf16* base = qkv.data_as<const bf16>();  // [n_tokens, n_heads + 2 n_kv_heads, head_dim]
+  a.q_in = base;
+  a.k = base + int64_t(a.n_heads) * a.head_dim;
+  a.v = base + int64_t(a.n_heads + a.n_kv_heads) * a.head_dim;
+  a.q_in_stride = a.kv_stride = int64_t(a.n_heads + 2 * a.n_kv_heads) * a.head_dim;
+  a.q_out = q.data_as<bf16>();
+  a.q_out_stride = int64_t(a.n_heads) * a.head_dim;
+  launch(a, n_tokens, positions, inv_freq, attention_factor, slot_mapping, k_cache, v_cache, qkv.device().index);
 }
 
 }  // namespace kite::cuda::attn

@@ -56,4 +56,51 @@ void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tens
                                                       k_cache, v_cache);
 }
 
+void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                               float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
+                               Tensor& v_cache) {
+  const detail::OpCheck c("rope_write_kv_cache_fused");
+  const char* cache_layout = "[num_blocks, block_size, n_kv_heads, head_dim]";
+  const DType dt = qkv.defined() && !qkv.device().is_cpu() ? DType::BF16 : DType::F32;
+  c.tensor("qkv", qkv, 3, "[n_tokens, n_heads + 2 n_kv_heads, head_dim]", {dt});
+  const int64_t n_tokens = qkv.dim(0), head_dim = qkv.dim(2);
+  c.tensor("q", q, 3, "[n_tokens, n_heads, head_dim]", {dt});
+  c.same_device("q", q, "qkv", qkv);
+  c.dim("q", q, 0, n_tokens, "n_tokens of qkv");
+  c.dim("q", q, 2, head_dim, "head_dim of qkv");
+  c.tensor("positions", positions, 1, "[n_tokens]", {DType::I32});
+  c.same_device("positions", positions, "qkv", qkv);
+  c.dim("positions", positions, 0, n_tokens, "n_tokens of qkv");
+  c.tensor("inv_freq", inv_freq, 1, "[r]", {DType::F32});
+  c.same_device("inv_freq", inv_freq, "qkv", qkv);
+  if (2 * inv_freq.dim(0) > head_dim)
+    c.fail_arg("inv_freq", fmt::format("expected at most head_dim / 2 = {} frequencies, got shape {}", head_dim / 2,
+                                       inv_freq.shape_str()));
+  if (!std::isfinite(attention_factor))
+    c.fail_arg("attention_factor", fmt::format("expected a finite factor, got {}", attention_factor));
+  c.tensor("slot_mapping", slot_mapping, 1, "[n_tokens]", {DType::I32});
+  c.same_device("slot_mapping", slot_mapping, "qkv", qkv);
+  c.dim("slot_mapping", slot_mapping, 0, n_tokens, "n_tokens of qkv");
+  c.tensor("k_cache", k_cache, 4, cache_layout, {dt});
+  c.same_device("k_cache", k_cache, "qkv", qkv);
+  c.dim("k_cache", k_cache, 3, head_dim, "head_dim of qkv");
+  c.tensor("v_cache", v_cache, 4, cache_layout, {dt});
+  c.same_device("v_cache", v_cache, "qkv", qkv);
+  for (int i = 0; i < 4; ++i) c.dim("v_cache", v_cache, i, k_cache.dim(i), "shape of k_cache");
+  c.dim("qkv", qkv, 1, q.dim(1) + 2 * k_cache.dim(2), "n_heads of q + 2 n_kv_heads of k_cache");
+  // Outputs (q, k_cache, v_cache) must not share memory with anything else.
+  const std::pair<const char*, const Tensor*> inputs[] = {
+      {"qkv", &qkv}, {"positions", &positions}, {"inv_freq", &inv_freq}, {"slot_mapping", &slot_mapping}};
+  for (const auto& [arg, t] : inputs) c.no_overlap("q", q, arg, *t, false);
+  for (const auto& [arg, cache] : {std::pair<const char*, const Tensor*>{"k_cache", &k_cache}, {"v_cache", &v_cache}}) {
+    for (const auto& [in_arg, t] : inputs) c.no_overlap(arg, *cache, in_arg, *t, false);
+    c.no_overlap(arg, *cache, "q", q, false);
+  }
+  c.no_overlap("v_cache", v_cache, "k_cache", k_cache, false);
+
+  c.cache_slots(slot_mapping, k_cache.dim(0) * k_cache.dim(1));  // before anything is written
+  c.kernel(qkv.device(), &Kernels::rope_write_kv_cache_fused)(qkv, positions, inv_freq, attention_factor, slot_mapping,
+                                                              q, k_cache, v_cache);
+}
+
 }  // namespace kite::ops

@@ -26,4 +26,20 @@ namespace kite::ops {
 void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
                          float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
 
+// The same, reading q, k and v straight out of a fused QKV projection's
+// output (ops::linear over the stacked wq, wk, wv rows), with no split
+// copies: qkv is only read; the rotated q heads go to q.
+//
+// qkv:     [n_tokens, n_heads + 2 n_kv_heads, head_dim]: each token's q heads,
+//          then its k heads, then its v heads; dtype F32 (CPU) | BF16 (CUDA)
+// q:       [n_tokens, n_heads, head_dim], dtype of qkv (output)
+// k_cache, v_cache: [num_blocks, block_size, n_kv_heads, head_dim], dtype of qkv
+// positions, inv_freq, attention_factor, slot_mapping: as above.
+//
+// Equal (bitwise) to splitting qkv into q, k, v and calling
+// rope_write_kv_cache on them.
+void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
+                               float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
+                               Tensor& v_cache);
+
 }  // namespace kite::ops
