@@ -7,7 +7,8 @@
 // fixed-point probability mass (exp(s - max) * 2^40 as uint64, summed with
 // shared-memory integer atomics, so results do not depend on thread timing)
 // finds the digit where the cumulative weight crosses the target, then the
-// next digit inside it, until one element is left. The kept set is always
+// next digit inside it, until one element is left (its key is kept as the
+// bins fill, so no search pass follows). The kept set is always
 // {C >= threshold} (min-p adds a value bound), so no candidate list is built.
 #include <cfloat>
 #include <cmath>
@@ -37,11 +38,11 @@ __device__ __forceinline__ int32_t key_index(uint64_t c) { return int32_t(~uint3
 struct Filter {
   const float* x;
   int n;
-  float temp;    // s = x / temp
-  uint64_t lo;   // keep C >= lo
-  double mx;     // max s (masses)
-  double min_e;  // keep exp(s - mx) >= min_e (min-p; 0 = off)
-  bool mass;     // weight: mass (else 1)
+  float temp;   // s = x / temp
+  uint64_t lo;  // keep C >= lo
+  float mx;     // max s (masses)
+  float min_e;  // keep exp(s - mx) >= min_e (min-p; 0 = off)
+  bool mass;    // weight: mass (else 1)
 };
 
 __device__ __forceinline__ void element(const Filter& f, int i, uint64_t& c, uint64_t& w, bool& in) {
@@ -50,10 +51,12 @@ __device__ __forceinline__ void element(const Filter& f, int i, uint64_t& c, uin
   in = c >= f.lo;
   w = 1;
   if (f.mass || f.min_e > 0) {
-    const double d = double(s) - f.mx;
-    const double e = d > -40.0 ? exp(d) : 0.0;
+    // F32 exp (the CPU's is F64): masses differ by ~1e-7 relative, which
+    // moves only draws and cuts that sit that close to a boundary.
+    const float d = s - f.mx;
+    const float e = d > -40.0f ? expf(d) : 0.0f;
     if (e < f.min_e) in = false;
-    if (f.mass) w = uint64_t(e * kMassScale);
+    if (f.mass) w = uint64_t(double(e) * kMassScale);
   }
 }
 
@@ -104,19 +107,25 @@ __device__ uint64_t block_scan(uint64_t v) {
 
 struct SelectShared {
   unsigned long long weight[kBins];
+  unsigned long long last[kBins];  // a key seen in the bin (the key when the bin holds one)
   unsigned int count[kBins];
   int digit;
-  unsigned long long target;
-  unsigned long long key;
+  unsigned long long target, total, key;
 };
 
+// How block_select turns the total weight into its target.
+enum class Target { kGiven, kCeilFraction, kFloorFraction };
+
 // The element j (in descending C among f's elements) where the cumulative
-// weight first exceeds target, i.e. cum(j - 1) <= target < cum(j). The
-// caller keeps target below the total weight. Returns j's key C.
-__device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared& sh) {
+// weight first exceeds target, i.e. cum(j - 1) <= target < cum(j); returns
+// j's key C. The target is given (below the total weight), or a fraction of
+// the total W read off the first histogram: ceil(frac W) - 1 (the smallest
+// prefix with cum >= frac W) or floor(frac W) (a draw), within [0, W).
+__device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared& sh, Target how = Target::kGiven,
+                                 double frac = 0) {
   uint64_t prefix = 0;
   int used = 0;  // high bits of C fixed so far
-  while (true) {
+  for (;;) {
     const int width = min(kDigitBits, 64 - used), shift = 64 - used - width, nb = 1 << width;
     __syncthreads();  // the previous level's reads are done
     for (int b = threadIdx.x; b < kBins; b += blockDim.x) {
@@ -131,6 +140,7 @@ __device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared&
       element(f, i, c, w, in);
       if (!in || (used > 0 && (c >> (64 - used)) != prefix)) continue;
       const int d = int((c >> shift) & uint64_t(nb - 1));
+      sh.last[d] = c;
       atomicAdd(&sh.count[d], 1u);
       if (w) atomicAdd(&sh.weight[d], (unsigned long long)w);
     }
@@ -138,7 +148,15 @@ __device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared&
     // Positions 2t, 2t + 1 in descending digit order.
     const int p0 = 2 * int(threadIdx.x);
     const uint64_t w0 = p0 < nb ? sh.weight[nb - 1 - p0] : 0, w1 = p0 + 1 < nb ? sh.weight[nb - 2 - p0] : 0;
-    const uint64_t excl = block_scan(w0 + w1) - (w0 + w1);
+    const uint64_t incl = block_scan(w0 + w1), excl = incl - (w0 + w1);
+    if (how != Target::kGiven && used == 0) {
+      if (threadIdx.x == blockDim.x - 1) sh.total = incl;
+      __syncthreads();
+      const uint64_t total = sh.total;
+      const double want = frac * double(total);
+      target = how == Target::kFloorFraction ? uint64_t(want) : (want >= 1.0 ? uint64_t(ceil(want)) - 1 : 0);
+      if (target >= total) target = total > 0 ? total - 1 : 0;
+    }
     if (w0 > 0 && excl <= target && target < excl + w0) {
       sh.digit = nb - 1 - p0;
       sh.target = target - excl;
@@ -157,34 +175,13 @@ __device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared&
     }
     __syncthreads();
     const int d = sh.digit;
-    if (d < 0) return prefix << (64 - used);  // no element at all (callers never ask)
+    if (d < 0) return used ? prefix << (64 - used) : 0;  // no element at all (callers never ask)
     target = sh.target;
     prefix = (prefix << width) | uint64_t(d);
     used += width;
-    if (sh.count[d] == 1 || used == 64) break;
+    if (sh.count[d] == 1) return sh.last[d];
+    if (used == 64) return prefix;
   }
-  if (used == 64) return prefix;
-  __syncthreads();
-  for (int i = threadIdx.x; i < f.n; i += blockDim.x) {
-    uint64_t c, w;
-    bool in;
-    element(f, i, c, w, in);
-    if (in && (c >> (64 - used)) == prefix) sh.key = c;  // exactly one
-  }
-  __syncthreads();
-  return sh.key;
-}
-
-// Sum of the weights of f's elements.
-__device__ uint64_t block_weight(const Filter& f) {
-  uint64_t t = 0;
-  for (int i = threadIdx.x; i < f.n; i += blockDim.x) {
-    uint64_t c, w;
-    bool in;
-    element(f, i, c, w, in);
-    if (in) t += w;
-  }
-  return block_reduce(t, Sum<uint64_t>());
 }
 
 __device__ float block_max(const float* x, int n) {
@@ -226,7 +223,7 @@ __global__ __launch_bounds__(kThreads) void sample_rows_kernel(float* __restrict
   if (want_lp) {  // from the raw row
     const float mx = block_max(x, n);
     double s = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += exp(double(x[i]) - double(mx));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += double(expf(x[i] - mx));
     s = block_reduce(s, Sum<double>());
     lse = double(mx) + log(s);
     const int k = min(a.num_logprobs, min(n, kSampleMaxTop));
@@ -292,23 +289,13 @@ __global__ __launch_bounds__(kThreads) void sample_rows_kernel(float* __restrict
       token = block_argmax(x, n);
     } else {
       const float temp = a.temperature;
-      const double mx = double(__fdiv_rn(block_max(x, n), temp));
+      const float mx = __fdiv_rn(block_max(x, n), temp);
       uint64_t lo = 0;
       if (a.top_k > 0 && a.top_k < n) lo = block_select(Filter{x, n, temp, 0, mx, 0, false}, uint64_t(a.top_k - 1), sh);
-      if (a.top_p < 1.0f) {
-        const Filter f{x, n, temp, lo, mx, 0, true};
-        const uint64_t total = block_weight(f);
-        // The smallest prefix with mass >= top_p * total: first cum > ceil(.) - 1.
-        double want = ceil(double(a.top_p) * double(total));
-        uint64_t t = want >= 1.0 ? uint64_t(want) - 1 : 0;
-        if (t >= total) t = total - 1;
-        lo = block_select(f, t, sh);
-      }
-      const Filter f{x, n, temp, lo, mx, a.min_p > 0.0f ? double(a.min_p) : 0.0, true};
-      const uint64_t kept = block_weight(f);
-      uint64_t t = uint64_t(a.uniform * double(kept));
-      if (t >= kept) t = kept > 0 ? kept - 1 : 0;
-      token = key_index(block_select(f, t, sh));
+      if (a.top_p < 1.0f)  // the smallest prefix with mass >= top_p of the top-k mass
+        lo = block_select(Filter{x, n, temp, lo, mx, 0, true}, 0, sh, Target::kCeilFraction, double(a.top_p));
+      const Filter f{x, n, temp, lo, mx, a.min_p, true};
+      token = key_index(block_select(f, 0, sh, Target::kFloorFraction, a.uniform));
     }
     if (modify && want_lp) {  // logprobs and rank from the raw row
       __syncthreads();
