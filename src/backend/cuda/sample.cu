@@ -45,19 +45,23 @@ struct Filter {
   bool mass;    // weight: mass (else 1)
 };
 
-__device__ __forceinline__ void element(const Filter& f, int i, uint64_t& c, uint64_t& w, bool& in) {
+// Element i's key c, and whether it is in the filter with its weight w; the
+// mass (an exp) only for elements whose key passed `keep`.
+template <typename Keep>
+__device__ __forceinline__ bool element(const Filter& f, int i, Keep keep, uint64_t& c, uint64_t& w) {
   const float s = __fdiv_rn(f.x[i], f.temp);
   c = comp_key(s, i);
-  in = c >= f.lo;
+  if (c < f.lo || !keep(c)) return false;
   w = 1;
   if (f.mass || f.min_e > 0) {
     // F32 exp (the CPU's is F64): masses differ by ~1e-7 relative, which
     // moves only draws and cuts that sit that close to a boundary.
     const float d = s - f.mx;
     const float e = d > -40.0f ? expf(d) : 0.0f;
-    if (e < f.min_e) in = false;
+    if (e < f.min_e) return false;
     if (f.mass) w = uint64_t(double(e) * kMassScale);
   }
+  return true;
 }
 
 // ---- block reductions (every thread gets the result; fixed order) ----------
@@ -136,9 +140,9 @@ __device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared&
     __syncthreads();
     for (int i = threadIdx.x; i < f.n; i += blockDim.x) {
       uint64_t c, w;
-      bool in;
-      element(f, i, c, w, in);
-      if (!in || (used > 0 && (c >> (64 - used)) != prefix)) continue;
+      if (!element(
+              f, i, [&](uint64_t k) { return used == 0 || (k >> (64 - used)) == prefix; }, c, w))
+        continue;
       const int d = int((c >> shift) & uint64_t(nb - 1));
       sh.last[d] = c;
       atomicAdd(&sh.count[d], 1u);
