@@ -6,7 +6,9 @@
 # "fixtures" regenerates the HF reference fixtures into $OUT; with "bench"
 # writes a random Llama-3-8B-shaped BF16 checkpoint and runs kite bench and
 # with "micro" also the CUDA microbenchmarks (results in $OUT/bench.json).
-# Prints a short table last.
+# Prints a short table last. Narrower runs: KITE_TARGETS="a b" builds only
+# those targets, KITE_CTEST sets the CUDA tests' ctest -R regex (default
+# Cuda), KITE_MICRO the microbenchmark glob (default cuda_*_bench).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -38,10 +40,10 @@ want() { for x in "$@"; do for a in "${ARGS[@]}"; do [ "$a" = "$x" ] && return 0
 ARGS=("$@")
 step configure cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON -DKITE_CUDA_ARCH=90a \
   -DKITE_BUILD_BENCH=ON -DKITE_SHARED_DIR="$(realpath "$SHARED")" -DCMAKE_INCLUDE_PATH=/tmp/deps/usr/include -DCMAKE_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu
-step build cmake --build build-device -j16
-step cuda_tests ctest --test-dir build-device -R Cuda --output-on-failure
+step build cmake --build build-device -j16 ${KITE_TARGETS:+--target $KITE_TARGETS}
+step cuda_tests ctest --test-dir build-device -R "${KITE_CTEST:-Cuda}" --output-on-failure
 want no-cpu-tests || step cpu_tests ctest --test-dir build-device -E Cuda --output-on-failure -j16
-step generate ./build-device/kite generate --device cuda --model $SHARED/models/kite-ref --prompt "The kernel scheduler" --max-tokens 32
+[ -x ./build-device/kite ] && step generate ./build-device/kite generate --device cuda --model $SHARED/models/kite-ref --prompt "The kernel scheduler" --max-tokens 32
 cp build-device/Testing/Temporary/LastTest.log "$OUT/" 2>/dev/null || true
 if want bench; then
   K=./build-device/kite
@@ -53,7 +55,7 @@ if want bench; then
   bench decode_b1_eager latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2 --enforce-eager
   bench batch_256 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1
   if want micro; then
-    for b in build-device/bench/cuda_*_bench; do step "$(basename "$b")" "$b" --benchmark_min_time=0.2; done
+    for b in build-device/bench/${KITE_MICRO:-cuda_*_bench}; do step "$(basename "$b")" "$b" --benchmark_min_time=0.2; done
   fi
   cat "$OUT/bench.json"
 fi

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "backend/ops/paged_attention.h"
+#include "backend/ops/sample.h"
 #include "core/device.h"
 #include "core/quant_weight.h"
 #include "core/tensor.h"
@@ -42,6 +43,8 @@ struct Kernels {
   void (*add_rms_norm)(const Tensor& x, Tensor& residual, const Tensor& weight, float eps, Tensor& out) = nullptr;
   // out[r] = argmax of row r of x [m, n] F32 (ops/argmax.h).
   void (*argmax)(const Tensor& x, Tensor& out) = nullptr;
+  // One token per row of logits [m, vocab] F32 (ops/sample.h); metadata checked.
+  std::vector<ops::SampledToken> (*sample_rows)(Tensor& logits, const ops::SampleBatch& batch) = nullptr;
 };
 
 // The table for a device kind (throws kite::Error when the kind is absent).

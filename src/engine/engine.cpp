@@ -20,25 +20,13 @@ double now_seconds() {
 
 bool contains(const std::vector<int32_t>& v, int32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
-// Log-probabilities of one position from raw logits [vocab].
-TokenLogprobs make_logprobs(const float* row, int64_t vocab, int32_t token, int32_t k) {
-  std::span<const float> logits(row, size_t(vocab));
-  const double lse = log_sum_exp(logits);
-  TokenLogprobs t;
-  t.token = token;
-  t.logprob = float(double(row[token]) - lse);
-  t.rank = 1;
-  for (int64_t j = 0; j < vocab; ++j)
-    if (row[j] > row[token] || (row[j] == row[token] && j < token)) ++t.rank;
-  if (k > 0) {
-    std::vector<int32_t> ids(static_cast<size_t>(vocab));
-    for (int64_t j = 0; j < vocab; ++j) ids[size_t(j)] = int32_t(j);
-    const size_t top = std::min<size_t>(size_t(k), ids.size());
-    std::partial_sort(ids.begin(), ids.begin() + ptrdiff_t(top), ids.end(),
-                      [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
-    for (size_t i = 0; i < top; ++i) t.top.push_back({ids[i], float(double(row[ids[i]]) - lse)});
-  }
-  return t;
+TokenLogprobs to_logprobs(const ops::SampledToken& t) {
+  TokenLogprobs l;
+  l.token = t.token;
+  l.logprob = t.logprob;
+  l.rank = t.rank;
+  l.top = t.top;
+  return l;
 }
 
 // The largest cut <= want that does not split a UTF-8 sequence of `s`.
@@ -51,8 +39,8 @@ size_t utf8_floor(const std::string& s, size_t want) {
 
 // One parallel sample's state beside its Sequence.
 struct SampleState {
-  explicit SampleState(const SamplingParams& p) : sampler(p) {}
-  Sampler sampler;
+  explicit SampleState(uint64_t seed) : rng(seed) {}
+  Rng rng;  // one uniform per sampled (non-greedy) token
   std::unique_ptr<IncrementalDetokenizer> detok;
   std::string text;  // all text so far (cut at a matched stop string)
   size_t sent = 0;   // bytes of text already returned
@@ -87,8 +75,14 @@ struct Engine::StepRows {
   int64_t prompt_row = 0;    // first prompt-logprob row
   int64_t prompt_count = 0;  // rows scoring prompt positions prompt_pos .. prompt_pos + count - 1
   int64_t prompt_pos = 0;
-  int64_t sample_row = -1;  // the row to sample from, or -1
+  int64_t sample_row = -1;  // the row to sample from, or -1; a request forking its n samples
+                            // this step has n rows from here (sample i at sample_row + i)
 };
+
+namespace {
+// The step forks a request's samples off this chunk's sequence.
+bool forks(const Sequence& seq) { return seq.index == 0 && seq.request->seqs.size() < size_t(seq.request->params.n); }
+}  // namespace
 
 EngineConfig Engine::resolve(const Model& model, EngineConfig c) {
   const ModelConfig& m = model.config();
@@ -182,9 +176,7 @@ void Engine::add_request(const std::string& id, std::vector<int32_t> prompt, con
                                        : (uint64_t(std::random_device{}()) << 32) ^ uint64_t(std::random_device{}());
   r->samples.reserve(size_t(params.n));
   for (int32_t i = 0; i < params.n; ++i) {
-    SamplingParams sp = params.sampling;
-    sp.seed = seed + uint64_t(i);
-    SampleState s(sp);
+    SampleState s(seed + uint64_t(i));
     if (tokenizer_) {
       s.detok = std::make_unique<IncrementalDetokenizer>(*tokenizer_, params.skip_special_tokens);
       // Primed with the prompt so the first piece keeps its leading space.
@@ -270,10 +262,71 @@ BatchInput Engine::build_batch(const SchedulerOutput& out, std::vector<StepRows>
     }
     if (out.chunks[k].samples()) {
       sr.sample_row = int64_t(b.logit_rows.size());
-      b.logit_rows.push_back(int32_t(row0 + n - 1));
+      for (int32_t i = 0, copies = forks(seq) ? r.params.n : 1; i < copies; ++i)
+        b.logit_rows.push_back(int32_t(row0 + n - 1));
     }
   }
   return b;
+}
+
+ops::SampleBatch Engine::build_samples(const SchedulerOutput& out, const std::vector<StepRows>& rows) {
+  ops::SampleBatch sb;
+  const int64_t vocab = model_.config().vocab_size;
+  for (size_t k = 0; k < out.chunks.size(); ++k) {
+    const Sequence& seq = *out.chunks[k].seq;
+    Request& r = *seq.request;
+    const StepRows& sr = rows[k];
+    for (int64_t i = 0; i < sr.prompt_count; ++i) {  // prompt logprobs: score the next prompt token
+      ops::SampleRow row;
+      row.forced_token = seq.tokens[size_t(sr.prompt_pos + i + 1)];
+      row.num_logprobs = r.params.prompt_logprobs;
+      sb.rows.push_back(row);
+    }
+    if (sr.sample_row < 0) continue;
+    const GenerationParams& p = r.params;
+    const SamplingParams& sp = p.sampling;
+    // The samples drawing from this row: all n when they fork off it now.
+    const int32_t first = forks(seq) ? 0 : seq.index, last = forks(seq) ? p.n : seq.index + 1;
+    for (int32_t idx = first; idx < last; ++idx) {
+      SampleState& st = r.samples[size_t(idx)];
+      ops::SampleRow row;
+      row.temperature = sp.temperature;
+      row.top_k = sp.top_k;
+      row.top_p = sp.top_p;
+      row.min_p = sp.min_p;
+      row.repetition_penalty = sp.repetition_penalty;
+      row.presence_penalty = sp.presence_penalty;
+      row.frequency_penalty = sp.frequency_penalty;
+      row.num_logprobs = p.logprobs;
+      if (!sp.greedy()) row.uniform = st.rng.uniform();
+      if (row.has_penalties()) {  // distinct ids of prompt and output, with their output counts
+        row.penalty_begin = int32_t(sb.penalty_tokens.size());
+        std::vector<int32_t> ids(seq.tokens.begin(), seq.tokens.end());
+        std::sort(ids.begin(), ids.end());
+        ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+        std::vector<int32_t> out_ids(seq.tokens.begin() + ptrdiff_t(seq.num_prompt_tokens), seq.tokens.end());
+        std::sort(out_ids.begin(), out_ids.end());
+        for (int32_t t : ids) {
+          if (t < 0 || t >= vocab) continue;
+          const auto [lo, hi] = std::equal_range(out_ids.begin(), out_ids.end(), t);
+          sb.penalty_tokens.push_back(t);
+          sb.output_counts.push_back(int32_t(hi - lo));
+        }
+        row.penalty_end = int32_t(sb.penalty_tokens.size());
+      }
+      if (st.generated < p.min_tokens) {  // no stop before min_tokens
+        row.banned_begin = int32_t(sb.banned.size());
+        for (int32_t t : p.stop_token_ids)
+          if (t >= 0 && t < vocab) sb.banned.push_back(t);
+        if (!p.ignore_eos)
+          for (int32_t t : config_.eos_ids)
+            if (t >= 0 && t < vocab) sb.banned.push_back(t);
+        row.banned_end = int32_t(sb.banned.size());
+      }
+      sb.rows.push_back(row);
+    }
+  }
+  return sb;
 }
 
 std::vector<RequestOutput> Engine::step() {
@@ -295,33 +348,17 @@ std::vector<RequestOutput> Engine::step() {
   for (const BlockCopy& c : out.copies) cache_.copy_block(c.src, c.dst);
   std::vector<StepRows> rows;
   BatchInput batch = build_batch(out, rows);
-  // Steps whose every sampled row is plain greedy let a device model pick
-  // the tokens itself and send back only the ids.
-  bool ids_only = model_.has_device_argmax();
-  for (size_t k = 0; ids_only && k < out.chunks.size(); ++k) {
-    const Request& r = *out.chunks[k].seq->request;
-    const SamplingParams& sp = r.params.sampling;
-    if (rows[k].prompt_count > 0 || r.params.logprobs >= 0 || !sp.greedy() || sp.repetition_penalty != 1.0f ||
-        sp.presence_penalty != 0.0f || sp.frequency_penalty != 0.0f)
-      ids_only = false;
-    for (const SampleState& st : r.samples)
-      if (st.generated < r.params.min_tokens) ids_only = false;  // EOS masking changes the argmax
-  }
-  Tensor logits;                // [n_logits, vocab] F32
-  std::vector<int32_t> picked;  // [n_logits] when ids_only
-  if (ids_only)
-    picked = model_.forward_batch_argmax(batch, cache_);
-  else
-    logits = model_.forward_batch(batch, cache_);
+  ops::SampleBatch samples = build_samples(out, rows);
+  const std::vector<ops::SampledToken> picked = model_.forward_batch_sample(batch, cache_, samples);
+  KITE_CHECK(picked.size() == batch.logit_rows.size(), "{} sampled tokens for {} logit rows", picked.size(),
+             batch.logit_rows.size());
   const double now = now_seconds();
   counters_.forward_seconds += now - t1;
   scheduler_.finish_step(out);
   ++counters_.steps;
 
   std::vector<Request*> touched;
-  for (size_t k = 0; k < out.chunks.size(); ++k)
-    process_chunk(out.chunks[k], rows[k], ids_only ? nullptr : logits.data_as<const float>(),
-                  ids_only ? picked.data() : nullptr, now, touched);
+  for (size_t k = 0; k < out.chunks.size(); ++k) process_chunk(out.chunks[k], rows[k], picked, now, touched);
   for (Request* r : touched) {
     const bool final = r->finished();
     if (final) r->metrics.finished = now;
@@ -335,24 +372,20 @@ std::vector<RequestOutput> Engine::step() {
   return outputs;
 }
 
-void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const float* logits,
-                           const int32_t* picked, double now, std::vector<Request*>& touched) {
+void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows,
+                           const std::vector<ops::SampledToken>& picked, double now, std::vector<Request*>& touched) {
   Sequence& seq = *chunk.seq;
   Request& r = *seq.request;
-  const int64_t vocab = model_.config().vocab_size;
   if (r.metrics.first_scheduled == 0) r.metrics.first_scheduled = now;
   if (r.metrics.cached_tokens == 0) r.metrics.cached_tokens = seq.blocks.num_cached_tokens;
   if (std::find(touched.begin(), touched.end(), &r) == touched.end()) touched.push_back(&r);
   for (int64_t i = 0; i < rows.prompt_count; ++i) {
     const int64_t pos = rows.prompt_pos + i;
     KITE_CHECK(pos == int64_t(r.prompt_logprobs.size()), "prompt logprob position {} out of order", pos);
-    r.prompt_logprobs.push_back(make_logprobs(logits + (rows.prompt_row + i) * vocab, vocab,
-                                              seq.tokens[size_t(pos + 1)], r.params.prompt_logprobs));
+    r.prompt_logprobs.push_back(to_logprobs(picked[size_t(rows.prompt_row + i)]));
   }
   if (rows.sample_row < 0) return;
-  const float* row = logits ? logits + rows.sample_row * vocab : nullptr;
-  const int32_t chosen = picked ? picked[rows.sample_row] : -1;
-  if (seq.index == 0 && r.seqs.size() < size_t(r.params.n)) {
+  if (forks(seq)) {
     // The prompt is done: fork the other samples, sharing its blocks.
     for (int32_t i = 1; i < r.params.n; ++i) {
       auto child = std::make_unique<Sequence>();
@@ -369,31 +402,17 @@ void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows, co
       scheduler_.add_running(child.get());
       r.seqs.push_back(std::move(child));
     }
-    for (auto& s : r.seqs) sample_token(r, *s, row, chosen, now);
+    for (auto& s : r.seqs) sample_token(r, *s, picked[size_t(rows.sample_row + s->index)], now);
     return;
   }
-  sample_token(r, seq, row, chosen, now);
+  sample_token(r, seq, picked[size_t(rows.sample_row)], now);
 }
 
-void Engine::sample_token(Request& r, Sequence& seq, const float* row, int32_t chosen, double now) {
+void Engine::sample_token(Request& r, Sequence& seq, const ops::SampledToken& picked, double now) {
   SampleState& s = r.samples[size_t(seq.index)];
   const GenerationParams& p = r.params;
-  const int64_t vocab = model_.config().vocab_size;
-  int32_t tok = chosen;  // picked on the device (greedy steps) when row is null
-  if (row) {
-    std::vector<float> logits(row, row + vocab);
-    if (s.generated < p.min_tokens) {
-      for (int32_t t : p.stop_token_ids)
-        if (t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
-      if (!p.ignore_eos)
-        for (int32_t t : config_.eos_ids)
-          if (t >= 0 && t < vocab) logits[size_t(t)] = -std::numeric_limits<float>::infinity();
-    }
-    std::span<const int32_t> all(seq.tokens);
-    tok =
-        s.sampler.sample(logits, all.first(size_t(seq.num_prompt_tokens)), all.subspan(size_t(seq.num_prompt_tokens)));
-    if (p.logprobs >= 0) s.new_logprobs.push_back(make_logprobs(row, vocab, tok, p.logprobs));
-  }
+  const int32_t tok = picked.token;
+  if (p.logprobs >= 0) s.new_logprobs.push_back(to_logprobs(picked));
   seq.tokens.push_back(tok);
   s.new_ids.push_back(tok);
   ++s.generated;

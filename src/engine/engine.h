@@ -92,11 +92,13 @@ class Engine {
 
   static EngineConfig resolve(const Model& model, EngineConfig config);
   BatchInput build_batch(const SchedulerOutput& out, std::vector<StepRows>& rows) const;
-  // logits: [n_logits, vocab] F32, or null when the device picked the
-  // tokens (picked[n_logits]).
-  void process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const float* logits, const int32_t* picked,
+  // The step's sampling metadata, one row per logit row (draws the sampled
+  // rows' uniforms from their samples' RNGs).
+  ops::SampleBatch build_samples(const SchedulerOutput& out, const std::vector<StepRows>& rows);
+  // picked: the step's results, one per logit row.
+  void process_chunk(const ScheduledChunk& chunk, const StepRows& rows, const std::vector<ops::SampledToken>& picked,
                      double now, std::vector<Request*>& touched);
-  void sample_token(Request& r, Sequence& seq, const float* row, int32_t chosen, double now);
+  void sample_token(Request& r, Sequence& seq, const ops::SampledToken& picked, double now);
   void append_text(Request& r, SampleState& s, Sequence& seq, bool final);
   void finish_sample(Request& r, Sequence& seq, FinishReason why);
   RequestOutput collect(Request& r, bool final);

@@ -404,4 +404,16 @@ std::vector<int32_t> Model::forward_batch_argmax(const BatchInput& batch, PagedK
   return ids;
 }
 
+std::vector<ops::SampledToken> Model::forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
+                                                           ops::SampleBatch& sample) {
+  if (has_device_argmax() && sample.plain_greedy()) {
+    const std::vector<int32_t> ids = forward_batch_argmax(batch, cache);
+    std::vector<ops::SampledToken> out(ids.size());
+    for (size_t r = 0; r < ids.size(); ++r) out[r].token = ids[r];
+    return out;
+  }
+  Tensor logits = forward_batch(batch, cache);  // [m, vocab] F32 on the CPU
+  return ops::sample_rows(logits, sample);
+}
+
 }  // namespace kite

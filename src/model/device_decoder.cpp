@@ -499,6 +499,28 @@ std::vector<int32_t> DeviceDecoderModel::forward_batch_argmax(const BatchInput& 
   return std::vector<int32_t>(ids.data_as<const int32_t>(), ids.data_as<const int32_t>() + m);
 }
 
+std::vector<ops::SampledToken> DeviceDecoderModel::forward_batch_sample(const BatchInput& b, PagedKvCache& cache,
+                                                                        ops::SampleBatch& sample) {
+  int64_t m = 0;
+  Work w;  // the eager forward's buffers, alive until the results are back
+  Tensor logits, ids;
+  if (forward_graph(b, cache, &m)) {
+    logits = graph_work_.logits.slice(0, 0, m);  // [m, vocab] F32
+    ids = graph_work_.ids.slice(0, 0, m);        // [m] I32
+  } else {
+    w = forward_eager(b, cache);
+    logits = w.logits;
+    ids = w.ids;
+  }
+  if (sample.plain_greedy()) {
+    const Tensor h = ids.to(kCpu);
+    std::vector<ops::SampledToken> out(size_t(h.dim(0)));
+    for (size_t r = 0; r < out.size(); ++r) out[r].token = h.data_as<const int32_t>()[r];
+    return out;
+  }
+  return ops::sample_rows(logits, sample);
+}
+
 std::unique_ptr<Model> load_model_on(const std::string& path, Device device) {
   std::unique_ptr<Model> cpu = load_model(path);
   if (device.is_cpu()) return cpu;

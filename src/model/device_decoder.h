@@ -63,6 +63,10 @@ class DeviceDecoderModel : public Model {
   // travel back).
   std::vector<int32_t> forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) override;
   bool has_device_argmax() const override { return true; }
+  // Samples on the device (ops::sample_rows on the step's logits; plain-greedy
+  // steps take the ids the forward's argmax already computed).
+  std::vector<ops::SampledToken> forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
+                                                      ops::SampleBatch& sample) override;
   // Records decode steps (one token per sequence) as device graphs for the
   // padded batch sizes up to max_num_seqs, on `cache`.
   void prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t max_model_len, bool enforce_eager) override;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/ops/sample.h"
 #include "core/tensor.h"
 #include "formats/hf_config.h"
 
@@ -115,6 +116,13 @@ class Model {
   // plain greedy.
   virtual std::vector<int32_t> forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache);
   virtual bool has_device_argmax() const { return false; }
+  // forward_batch, then one token per logit row as sample.rows say
+  // (ops::sample_rows: bans, penalties, greedy or sampled, logprobs). The
+  // default: plain-greedy steps of a has_device_argmax() model go through
+  // forward_batch_argmax; else forward_batch and ops::sample_rows on the host
+  // logits. A device model samples on the device and moves only the results.
+  virtual std::vector<ops::SampledToken> forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
+                                                              ops::SampleBatch& sample);
   // Device memory a forward of up to max_batched_tokens tokens needs beyond
   // the weights and the KV cache (peak activations, measured), plus the
   // buffers prepare() will keep for max_num_seqs-sequence graphs. 0 on the CPU.

@@ -5,6 +5,7 @@
 #include <random>
 #include <unordered_map>
 
+#include "backend/ops/sample.h"
 #include "core/error.h"
 
 namespace kite {
@@ -51,9 +52,7 @@ uint64_t Rng::next() {
 
 double Rng::uniform() { return double(next() >> 11) * 0x1.0p-53; }
 
-int32_t argmax(std::span<const float> logits) {
-  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
+int32_t argmax(std::span<const float> logits) { return ops::sample_math::argmax(logits); }
 
 void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span<const int32_t> prompt,
                      std::span<const int32_t> output) {
@@ -77,50 +76,9 @@ void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span
   }
 }
 
+// One implementation for the host sampler and the CPU op (backend/cpu/sample.cpp).
 std::vector<std::pair<int32_t, float>> sampling_distribution(std::span<const float> logits, const SamplingParams& p) {
-  const float temp = p.temperature > 0 ? p.temperature : 1.0f;
-  std::vector<std::pair<int32_t, float>> cand(logits.size());
-  for (size_t i = 0; i < logits.size(); ++i) cand[i] = {int32_t(i), logits[i] / temp};
-  // Highest first; ties by lower id so results never depend on sort stability.
-  auto by_logit = [](const auto& a, const auto& b) {
-    return a.second > b.second || (a.second == b.second && a.first < b.first);
-  };
-  size_t keep = cand.size();
-  if (p.top_k > 0 && size_t(p.top_k) < keep) {
-    keep = size_t(p.top_k);
-    std::partial_sort(cand.begin(), cand.begin() + ptrdiff_t(keep), cand.end(), by_logit);
-    cand.resize(keep);
-  } else {
-    std::sort(cand.begin(), cand.end(), by_logit);
-  }
-  // Softmax over the survivors in double.
-  const double mx = cand.front().second;
-  double sum = 0;
-  std::vector<double> prob(cand.size());
-  for (size_t i = 0; i < cand.size(); ++i) sum += prob[i] = std::exp(double(cand[i].second) - mx);
-  for (double& q : prob) q /= sum;
-  size_t n = cand.size();
-  if (p.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
-    double acc = 0;
-    for (size_t i = 0; i < n; ++i) {
-      acc += prob[i];
-      if (acc >= double(p.top_p)) {
-        n = i + 1;
-        break;
-      }
-    }
-  }
-  if (p.min_p > 0.0f) {
-    const double cut = double(p.min_p) * prob[0];
-    size_t m = 1;
-    while (m < n && prob[m] >= cut) ++m;
-    n = m;
-  }
-  double total = 0;
-  for (size_t i = 0; i < n; ++i) total += prob[i];
-  std::vector<std::pair<int32_t, float>> out(n);
-  for (size_t i = 0; i < n; ++i) out[i] = {cand[i].first, float(prob[i] / total)};
-  return out;
+  return ops::sample_math::distribution(logits, p.temperature, p.top_k, p.top_p, p.min_p);
 }
 
 Sampler::Sampler(const SamplingParams& params)
@@ -130,13 +88,7 @@ Sampler::Sampler(const SamplingParams& params)
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output) {
   apply_penalties(logits, params_, prompt, output);
   if (params_.greedy()) return argmax(logits);
-  auto dist = sampling_distribution(logits, params_);
-  double r = rng_.uniform(), acc = 0;
-  for (const auto& [tok, prob] : dist) {
-    acc += prob;
-    if (r < acc) return tok;
-  }
-  return dist.back().first;
+  return ops::sample_math::pick(sampling_distribution(logits, params_), rng_.uniform());
 }
 
 }  // namespace kite

@@ -131,6 +131,18 @@ std::vector<int32_t> TensorParallelModel::forward_batch_argmax(const BatchInput&
   return ids;
 }
 
+std::vector<ops::SampledToken> TensorParallelModel::forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
+                                                                         ops::SampleBatch& sample) {
+  std::vector<ops::SampledToken> out;
+  on_ranks([&](int r) {
+    if (r == 0)
+      out = ranks_[0]->forward_batch_sample(batch, shard_of(cache, 0), sample);
+    else
+      ranks_[size_t(r)]->forward_batch_argmax(batch, shard_of(cache, r));
+  });
+  return out;
+}
+
 void TensorParallelModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t max_model_len,
                                   bool enforce_eager) {
   on_ranks([&](int r) { ranks_[size_t(r)]->prepare(shard_of(cache, r), max_num_seqs, max_model_len, enforce_eager); });

@@ -38,6 +38,10 @@ class TensorParallelModel : public Model {
   Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) override;
   std::vector<int32_t> forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) override;
   bool has_device_argmax() const override { return true; }
+  // Rank 0 samples from its (gathered, full) logits; the other ranks run
+  // the same forward for its collectives.
+  std::vector<ops::SampledToken> forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
+                                                      ops::SampleBatch& sample) override;
   void prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t max_model_len, bool enforce_eager) override;
   size_t activation_bytes(int64_t max_batched_tokens, int64_t max_num_seqs) override;
 

@@ -25,7 +25,7 @@ TEST(TensorParallel, EngineGreedyOutputsEqualOneRank) {
   const auto ref = nlohmann::json::parse(read_text_file(kRef + "/reference.json"));
   auto src = load_decoder(kRef);
   ASSERT_TRUE(src);
-  auto run = [&](Model& m) {
+  auto run = [&](Model& m, bool sampled) {
     EngineConfig c;
     c.num_blocks = 128;
     c.max_model_len = 512;
@@ -37,6 +37,12 @@ TEST(TensorParallel, EngineGreedyOutputsEqualOneRank) {
       p.sampling.temperature = 0;
       p.max_tokens = 32;
       p.ignore_eos = true;
+      if (sampled) {  // seeded sampling with logprobs: rank 0 samples from the gathered logits
+        p.sampling.temperature = 0.8f;
+        p.sampling.top_p = 0.9f;
+        p.sampling.seed = uint64_t(100 + i);
+        p.logprobs = 2;
+      }
       e.add_request("r" + std::to_string(i++), g["prompt_ids"].template get<std::vector<int32_t>>(), p);
     }
     std::map<std::string, std::vector<int32_t>> out;
@@ -47,11 +53,14 @@ TEST(TensorParallel, EngineGreedyOutputsEqualOneRank) {
   };
   DeviceDecoderModel one(*src, kCpu);
   TensorParallelModel tp(*src, {kCpu, kCpu}, make_local_communicators(2));
-  const auto a = run(one), b = run(tp);
-  ASSERT_EQ(a.size(), ref["greedy"].size());
-  for (const auto& [id, toks] : a) {
-    EXPECT_EQ(toks.size(), 32u) << id;
-    EXPECT_EQ(b.at(id), toks) << id;
+  for (bool sampled : {false, true}) {
+    SCOPED_TRACE(sampled ? "seeded sampling" : "greedy");
+    const auto a = run(one, sampled), b = run(tp, sampled);
+    ASSERT_EQ(a.size(), ref["greedy"].size());
+    for (const auto& [id, toks] : a) {
+      EXPECT_EQ(toks.size(), 32u) << id;
+      EXPECT_EQ(b.at(id), toks) << id;
+    }
   }
 }
 

@@ -2,9 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 
+#include "backend/ops/sample.h"
 #include "core/error.h"
 
 namespace kite {
@@ -126,6 +129,70 @@ TEST(Sampling, InvalidParamsAreRejectedWithField) {
   p = {};
   p.min_p = 1.5f;
   EXPECT_THROW(p.validate("request"), Error);
+}
+
+// The host Sampler and ops::sample_rows on the CPU (the engine's path) pick
+// the same tokens: same seed, the op's uniforms drawn from an Rng of that seed
+// only for sampled tokens, penalties as distinct ids with output counts.
+TEST(Sampling, SamplerAndTheSampleRowsOpAgree) {
+  std::mt19937 gen(21);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  const int64_t vocab = 300;
+  struct Case {
+    float temperature;
+    int32_t top_k;
+    float top_p, min_p, rep, presence, frequency;
+  };
+  const Case cases[] = {{0, 0, 1, 0, 1, 0, 0},
+                        {1, 0, 1, 0, 1, 0, 0},
+                        {0.7f, 20, 0.9f, 0, 1, 0, 0},
+                        {1.2f, 0, 1, 0.05f, 1.3f, 0, 0},
+                        {0.9f, 0, 0.8f, 0, 1, 0.4f, 0.2f},
+                        {0, 0, 1, 0, 1.5f, 0.5f, 0}};
+  for (const Case& c : cases) {
+    SamplingParams p;
+    p.temperature = c.temperature;
+    p.top_k = c.top_k;
+    p.top_p = c.top_p;
+    p.min_p = c.min_p;
+    p.repetition_penalty = c.rep;
+    p.presence_penalty = c.presence;
+    p.frequency_penalty = c.frequency;
+    p.seed = 77;
+    Sampler sampler(p);
+    Rng rng(77);
+    std::vector<int32_t> prompt = {3, 5, 5, 17, 250};
+    std::vector<int32_t> out_a, out_b;
+    for (int step = 0; step < 40; ++step) {
+      std::vector<float> l(static_cast<size_t>(vocab));
+      for (float& x : l) x = nd(gen);
+      std::vector<float> host = l;
+      out_a.push_back(sampler.sample(host, prompt, out_b));
+      ops::SampleBatch b;
+      ops::SampleRow row;
+      row.temperature = p.temperature;
+      row.top_k = p.top_k;
+      row.top_p = p.top_p;
+      row.min_p = p.min_p;
+      row.repetition_penalty = p.repetition_penalty;
+      row.presence_penalty = p.presence_penalty;
+      row.frequency_penalty = p.frequency_penalty;
+      if (!p.greedy()) row.uniform = rng.uniform();
+      std::vector<int32_t> ids = prompt;
+      ids.insert(ids.end(), out_b.begin(), out_b.end());
+      std::sort(ids.begin(), ids.end());
+      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+      for (int32_t t : ids) {
+        b.penalty_tokens.push_back(t);
+        b.output_counts.push_back(int32_t(std::count(out_b.begin(), out_b.end(), t)));
+      }
+      row.penalty_end = int32_t(ids.size());
+      b.rows.push_back(row);
+      Tensor x = Tensor::from_floats({1, vocab}, l);
+      out_b.push_back(ops::sample_rows(x, b)[0].token);
+      ASSERT_EQ(out_a, out_b) << "case temperature " << c.temperature << " step " << step;
+    }
+  }
 }
 
 }  // namespace

@@ -93,6 +93,9 @@ void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const
 // backend/cpu/argmax.cpp.
 void argmax(const Tensor& x, Tensor& out);
 
+// backend/cpu/sample.cpp.
+std::vector<ops::SampledToken> sample_rows(Tensor& logits, const ops::SampleBatch& batch);
+
 // backend/cpu/add_rms_norm.cpp: fills table.add_rms_norm.
 void register_add_rms_norm(Kernels& table);
 
@@ -126,7 +129,8 @@ void register_kernels(Kernels& table) {
   table.add = [](const Tensor& a, const Tensor& b, Tensor& out) { add(a, b, out, simd_level()); };
   table.rope_write_kv_cache = rope_write_kv_cache;  // backend/cpu/rope_write_kv_cache.cpp
   table.rope_write_kv_cache_fused = rope_write_kv_cache_fused;
-  table.argmax = argmax;  // backend/cpu/argmax.cpp
+  table.argmax = argmax;            // backend/cpu/argmax.cpp
+  table.sample_rows = sample_rows;  // backend/cpu/sample.cpp
 }
 
 }  // namespace kite::cpu

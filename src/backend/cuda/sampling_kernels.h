@@ -15,6 +15,35 @@ namespace kite::cuda {
 // all-NaN row). x: [m, n] F32 row-major; out: [m] I32. One CTA per row.
 cudaError_t launch_argmax_rows(const float* x, int32_t* out, int64_t m, int64_t n, cudaStream_t stream);
 
+// ---- ops::sample_rows (sample.cu) ------------------------------------------
+// One row's sampling parameters as the kernel reads them (ops::SampleRow).
+struct SampleRowArgs {
+  double uniform;  // first: 8-byte aligned in the packed upload
+  float temperature;
+  int32_t top_k;
+  float top_p, min_p;
+  float repetition_penalty, presence_penalty, frequency_penalty;
+  int32_t forced_token, num_logprobs;
+  int32_t penalty_begin, penalty_end, banned_begin, banned_end;
+  int32_t pad_;
+};
+constexpr int kSampleMaxTop = 20;
+struct SampleResult {
+  int32_t token;
+  float logprob;
+  int32_t rank;
+  int32_t n_top;
+  int32_t top_ids[kSampleMaxTop];
+  float top_logprobs[kSampleMaxTop];
+};
+// One CTA per row of logits [m, vocab] F32 (modified in place by bans and
+// penalties; restored when the row reports logprobs). penalty_tokens /
+// output_counts: [n_pen]; banned: [n_ban]; saved: [n_pen + n_ban] F32 scratch;
+// out: [m]. Deterministic: masses are fixed-point integers.
+cudaError_t launch_sample_rows(float* logits, int64_t m, int64_t vocab, const SampleRowArgs* rows,
+                               const int32_t* penalty_tokens, const int32_t* output_counts, int32_t n_pen,
+                               const int32_t* banned, float* saved, SampleResult* out, cudaStream_t stream);
+
 // Fills the sampling entries of the CUDA kernel table.
 void register_sampling_kernels(Kernels& table);
 

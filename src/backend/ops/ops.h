@@ -11,5 +11,6 @@
 #include "backend/ops/rms_norm.h"
 #include "backend/ops/rope.h"
 #include "backend/ops/rope_write_kv_cache.h"
+#include "backend/ops/sample.h"
 #include "backend/ops/silu_mul.h"
 #include "backend/ops/write_kv_cache.h"

@@ -1,0 +1,340 @@
+// ops::sample_rows on CUDA: one CTA per logit row, no sort of the vocabulary.
+//
+// Every element has a 64-bit order key C = order(value) << 32 | ~index, so
+// "larger C" is "larger value, then lower index" (the CPU's sort order) and
+// keys are distinct. Top-k, top-p and the sampling point are radix selects
+// over C (11-bit digits, high to low): a histogram of counts (top-k) or of
+// fixed-point probability mass (exp(s - max) * 2^40 as uint64, summed with
+// shared-memory integer atomics, so results do not depend on thread timing)
+// finds the digit where the cumulative weight crosses the target, then the
+// next digit inside it, until one element is left (its key is kept as the
+// bins fill, so no search pass follows). The kept set is always
+// {C >= threshold} (min-p adds a value bound), so no candidate list is built.
+#include <cfloat>
+#include <cmath>
+
+#include "backend/cuda/sampling_kernels.h"
+
+namespace kite::cuda {
+
+namespace {
+
+constexpr int kThreads = 1024;
+constexpr int kDigitBits = 11;
+constexpr int kBins = 1 << kDigitBits;
+constexpr double kMassScale = 1099511627776.0;  // 2^40
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+  if (f == 0.0f) f = 0.0f;  // -0 == +0 on the CPU: one key, ties by index
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ uint64_t comp_key(float s, int32_t i) {
+  return (uint64_t(order_key(s)) << 32) | uint64_t(~uint32_t(i));
+}
+__device__ __forceinline__ int32_t key_index(uint64_t c) { return int32_t(~uint32_t(c & 0xffffffffull)); }
+
+// The elements one select sees and their weights.
+struct Filter {
+  const float* x;
+  int n;
+  float temp;   // s = x / temp
+  uint64_t lo;  // keep C >= lo
+  float mx;     // max s (masses)
+  float min_e;  // keep exp(s - mx) >= min_e (min-p; 0 = off)
+  bool mass;    // weight: mass (else 1)
+};
+
+// Element i's key c, and whether it is in the filter with its weight w; the
+// mass (an exp) only for elements whose key passed `keep`.
+template <typename Keep>
+__device__ __forceinline__ bool element(const Filter& f, int i, Keep keep, uint64_t& c, uint64_t& w) {
+  const float s = __fdiv_rn(f.x[i], f.temp);
+  c = comp_key(s, i);
+  if (c < f.lo || !keep(c)) return false;
+  w = 1;
+  if (f.mass || f.min_e > 0) {
+    // F32 exp (the CPU's is F64): masses differ by ~1e-7 relative, which
+    // moves only draws and cuts that sit that close to a boundary.
+    const float d = s - f.mx;
+    const float e = d > -40.0f ? expf(d) : 0.0f;
+    if (e < f.min_e) return false;
+    if (f.mass) w = uint64_t(double(e) * kMassScale);
+  }
+  return true;
+}
+
+// ---- block reductions (every thread gets the result; fixed order) ----------
+template <typename T, typename Op>
+__device__ T block_reduce(T v, Op op) {
+  __shared__ T buf[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) buf[warp] = v;
+  __syncthreads();
+  v = buf[0];
+  for (int k = 1; k < nw; ++k) v = op(v, buf[k]);
+  return v;
+}
+struct MaxF {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+template <typename T>
+struct Sum {
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+// Inclusive scan of v over the block.
+__device__ uint64_t block_scan(uint64_t v) {
+  __shared__ uint64_t warp_sums[kThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint64_t t = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += t;
+  }
+  __syncthreads();
+  if (lane == 31) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    uint64_t s = lane < nw ? warp_sums[lane] : 0;
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint64_t t = __shfl_up_sync(0xffffffffu, s, o);
+      if (lane >= o) s += t;
+    }
+    if (lane < nw) warp_sums[lane] = s;
+  }
+  __syncthreads();
+  if (warp > 0) v += warp_sums[warp - 1];
+  return v;
+}
+
+struct SelectShared {
+  unsigned long long weight[kBins];
+  unsigned long long last[kBins];  // a key seen in the bin (the key when the bin holds one)
+  unsigned int count[kBins];
+  int digit;
+  unsigned long long target, total, key;
+};
+
+// How block_select turns the total weight into its target.
+enum class Target { kGiven, kCeilFraction, kFloorFraction };
+
+// The element j (in descending C among f's elements) where the cumulative
+// weight first exceeds target, i.e. cum(j - 1) <= target < cum(j); returns
+// j's key C. The target is given (below the total weight), or a fraction of
+// the total W read off the first histogram: ceil(frac W) - 1 (the smallest
+// prefix with cum >= frac W) or floor(frac W) (a draw), within [0, W).
+__device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared& sh, Target how = Target::kGiven,
+                                 double frac = 0) {
+  uint64_t prefix = 0;
+  int used = 0;  // high bits of C fixed so far
+  for (;;) {
+    const int width = min(kDigitBits, 64 - used), shift = 64 - used - width, nb = 1 << width;
+    __syncthreads();  // the previous level's reads are done
+    for (int b = threadIdx.x; b < kBins; b += blockDim.x) {
+      sh.weight[b] = 0;
+      sh.count[b] = 0;
+    }
+    if (threadIdx.x == 0) sh.digit = -1;
+    __syncthreads();
+    for (int i = threadIdx.x; i < f.n; i += blockDim.x) {
+      uint64_t c, w;
+      if (!element(
+              f, i, [&](uint64_t k) { return used == 0 || (k >> (64 - used)) == prefix; }, c, w))
+        continue;
+      const int d = int((c >> shift) & uint64_t(nb - 1));
+      sh.last[d] = c;
+      atomicAdd(&sh.count[d], 1u);
+      if (w) atomicAdd(&sh.weight[d], (unsigned long long)w);
+    }
+    __syncthreads();
+    // Positions 2t, 2t + 1 in descending digit order.
+    const int p0 = 2 * int(threadIdx.x);
+    const uint64_t w0 = p0 < nb ? sh.weight[nb - 1 - p0] : 0, w1 = p0 + 1 < nb ? sh.weight[nb - 2 - p0] : 0;
+    const uint64_t incl = block_scan(w0 + w1), excl = incl - (w0 + w1);
+    if (how != Target::kGiven && used == 0) {
+      if (threadIdx.x == blockDim.x - 1) sh.total = incl;
+      __syncthreads();
+      const uint64_t total = sh.total;
+      const double want = frac * double(total);
+      target = how == Target::kFloorFraction ? uint64_t(want) : (want >= 1.0 ? uint64_t(ceil(want)) - 1 : 0);
+      if (target >= total) target = total > 0 ? total - 1 : 0;
+    }
+    if (w0 > 0 && excl <= target && target < excl + w0) {
+      sh.digit = nb - 1 - p0;
+      sh.target = target - excl;
+    } else if (w1 > 0 && excl + w0 <= target && target < excl + w0 + w1) {
+      sh.digit = nb - 2 - p0;
+      sh.target = target - excl - w0;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && sh.digit < 0) {  // target past the total (rounding): the last element
+      for (int d = 0; d < nb; ++d)
+        if (sh.count[d] > 0) {
+          sh.digit = d;
+          sh.target = sh.weight[d] > 0 ? sh.weight[d] - 1 : 0;
+          break;
+        }
+    }
+    __syncthreads();
+    const int d = sh.digit;
+    if (d < 0) return used ? prefix << (64 - used) : 0;  // no element at all (callers never ask)
+    target = sh.target;
+    prefix = (prefix << width) | uint64_t(d);
+    used += width;
+    if (sh.count[d] == 1) return sh.last[d];
+    if (used == 64) return prefix;
+  }
+}
+
+__device__ float block_max(const float* x, int n) {
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, x[i]);
+  return block_reduce(m, MaxF());
+}
+
+// argmax: larger value, then lower index; NaN skipped.
+__device__ int32_t block_argmax(const float* x, int n) {
+  uint64_t best = 0;  // comp_key; 0 = none
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    if (!isnan(x[i])) {
+      const uint64_t c = comp_key(x[i], i);
+      if (c > best) best = c;
+    }
+  struct MaxU {
+    __device__ uint64_t operator()(uint64_t a, uint64_t b) const { return a > b ? a : b; }
+  };
+  best = block_reduce(best, MaxU());
+  return best == 0 ? 0 : key_index(best);
+}
+
+__global__ __launch_bounds__(kThreads) void sample_rows_kernel(float* __restrict__ logits, int64_t vocab,
+                                                               const SampleRowArgs* __restrict__ rows,
+                                                               const int32_t* __restrict__ pen_tok,
+                                                               const int32_t* __restrict__ pen_cnt, int32_t n_pen,
+                                                               const int32_t* __restrict__ banned,
+                                                               float* __restrict__ saved, SampleResult* out) {
+  __shared__ SelectShared sh;
+  __shared__ uint64_t top_keys[kSampleMaxTop];
+  __shared__ int n_top;
+  const SampleRowArgs a = rows[blockIdx.x];
+  float* x = logits + int64_t(blockIdx.x) * vocab;  // [vocab]
+  const int n = int(vocab);
+  SampleResult* res = out + blockIdx.x;
+  const bool want_lp = a.num_logprobs >= 0;
+  double lse = 0;
+  if (want_lp) {  // from the raw row
+    const float mx = block_max(x, n);
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += double(expf(x[i] - mx));
+    s = block_reduce(s, Sum<double>());
+    lse = double(mx) + log(s);
+    const int k = min(a.num_logprobs, min(n, kSampleMaxTop));
+    if (k > 0) {
+      const Filter f{x, n, 1.0f, 0, 0, 0, false};
+      const uint64_t thr = block_select(f, uint64_t(k - 1), sh);
+      if (threadIdx.x == 0) n_top = 0;
+      __syncthreads();
+      for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const uint64_t c = comp_key(x[i], i);
+        if (c >= thr) {
+          const int slot = atomicAdd(&n_top, 1);
+          if (slot < kSampleMaxTop) top_keys[slot] = c;
+        }
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        const int cnt = min(n_top, k);
+        for (int i = 1; i < cnt; ++i)  // insertion sort, descending
+          for (int j = i; j > 0 && top_keys[j] > top_keys[j - 1]; --j) {
+            const uint64_t t = top_keys[j];
+            top_keys[j] = top_keys[j - 1];
+            top_keys[j - 1] = t;
+          }
+        for (int i = 0; i < cnt; ++i) {
+          const int32_t id = key_index(top_keys[i]);
+          res->top_ids[i] = id;
+          res->top_logprobs[i] = float(double(x[id]) - lse);
+        }
+        res->n_top = cnt;
+      }
+    } else if (threadIdx.x == 0) {
+      res->n_top = 0;
+    }
+  } else if (threadIdx.x == 0) {
+    res->n_top = 0;
+  }
+
+  int32_t token = a.forced_token;
+  if (token < 0) {
+    const bool penalize = a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f;
+    const int pb = penalize ? a.penalty_begin : 0, pe = penalize ? a.penalty_end : 0;
+    const bool modify = pe > pb || a.banned_end > a.banned_begin;
+    if (modify) {
+      __syncthreads();
+      for (int i = pb + int(threadIdx.x); i < pe; i += blockDim.x) saved[i] = x[pen_tok[i]];
+      for (int i = a.banned_begin + int(threadIdx.x); i < a.banned_end; i += blockDim.x)
+        saved[n_pen + i] = x[banned[i]];
+      __syncthreads();
+      for (int i = a.banned_begin + int(threadIdx.x); i < a.banned_end; i += blockDim.x) x[banned[i]] = -INFINITY;
+      __syncthreads();
+      for (int i = pb + int(threadIdx.x); i < pe; i += blockDim.x) {  // distinct ids: one thread each
+        float l = x[pen_tok[i]];
+        if (a.repetition_penalty != 1.0f)
+          l = l > 0 ? __fdiv_rn(l, a.repetition_penalty) : __fmul_rn(l, a.repetition_penalty);
+        if ((a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f) && pen_cnt[i] > 0)
+          l = __fsub_rn(l, __fadd_rn(a.presence_penalty, __fmul_rn(a.frequency_penalty, float(pen_cnt[i]))));
+        x[pen_tok[i]] = l;
+      }
+      __syncthreads();
+    }
+    if (a.temperature == 0.0f) {
+      token = block_argmax(x, n);
+    } else {
+      const float temp = a.temperature;
+      const float mx = __fdiv_rn(block_max(x, n), temp);
+      uint64_t lo = 0;
+      if (a.top_k > 0 && a.top_k < n) lo = block_select(Filter{x, n, temp, 0, mx, 0, false}, uint64_t(a.top_k - 1), sh);
+      if (a.top_p < 1.0f)  // the smallest prefix with mass >= top_p of the top-k mass
+        lo = block_select(Filter{x, n, temp, lo, mx, 0, true}, 0, sh, Target::kCeilFraction, double(a.top_p));
+      const Filter f{x, n, temp, lo, mx, a.min_p, true};
+      token = key_index(block_select(f, 0, sh, Target::kFloorFraction, a.uniform));
+    }
+    if (modify && want_lp) {  // logprobs and rank from the raw row
+      __syncthreads();
+      for (int i = pb + int(threadIdx.x); i < pe; i += blockDim.x) x[pen_tok[i]] = saved[i];
+      for (int i = a.banned_begin + int(threadIdx.x); i < a.banned_end; i += blockDim.x)
+        x[banned[i]] = saved[n_pen + i];
+      __syncthreads();
+    }
+  }
+  if (want_lp) {
+    const float v = x[token];
+    int cnt = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+      if (x[i] > v || (x[i] == v && i < token)) ++cnt;
+    cnt = block_reduce(cnt, Sum<int>());
+    if (threadIdx.x == 0) {
+      res->rank = 1 + cnt;
+      res->logprob = float(double(v) - lse);
+    }
+  } else if (threadIdx.x == 0) {
+    res->rank = 0;
+    res->logprob = 0;
+  }
+  if (threadIdx.x == 0) res->token = token;
+}
+
+}  // namespace
+
+cudaError_t launch_sample_rows(float* logits, int64_t m, int64_t vocab, const SampleRowArgs* rows,
+                               const int32_t* penalty_tokens, const int32_t* output_counts, int32_t n_pen,
+                               const int32_t* banned, float* saved, SampleResult* out, cudaStream_t stream) {
+  if (m == 0) return cudaSuccess;
+  sample_rows_kernel<<<unsigned(m), kThreads, 0, stream>>>(logits, vocab, rows, penalty_tokens, output_counts, n_pen,
+                                                           banned, saved, out);
+  return cudaGetLastError();
+}
+
+}  // namespace kite::cuda
