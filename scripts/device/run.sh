@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs ON THE GPU MACHINE (device tool), from the repo root, with .deps carried:
-#   bash scripts/device/run.sh [fixtures|fixtures-only] [bench] [micro] [no-cpu-tests]
+#   bash scripts/device/run.sh [fixtures|fixtures-only] [bench] [micro] [tp] [no-cpu-tests]
 # Unpacks the carried Debian packages into /tmp/deps, builds Kite with the
 # CUDA backend for sm_90a (-j16), runs the CUDA tests and the CPU tests; with
 # "fixtures" regenerates the HF reference fixtures into $OUT; with "bench"
 # writes a random Llama-3-8B-shaped BF16 checkpoint and runs kite bench and
 # with "micro" also the CUDA microbenchmarks (results in $OUT/bench.json).
-# Prints a short table last. Narrower runs: KITE_TARGETS="a b" builds only
+# With "tp" (and 2+ GPUs) also tensor parallelism: the Llama-3-8B shape at
+# --tp 2 (batch 1 and 256) and a 70B-shaped model (16 of its 80 layers, so
+# the checkpoint fits the disk) at --tp 1 and 2. Prints a short table last. Narrower runs: KITE_TARGETS="a b" builds only
 # those targets, KITE_CTEST sets the CUDA tests' ctest -R regex (default
 # Cuda), KITE_MICRO the microbenchmark glob (default cuda_*_bench).
 set -uo pipefail
@@ -54,6 +56,16 @@ if want bench; then
   bench decode_b1 latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2
   bench decode_b1_eager latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2 --enforce-eager
   bench batch_256 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1
+  if want tp && [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+    bench decode_b1_tp2 latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2 --tp 2
+    bench batch_256_tp2 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1 --tp 2
+    M70=/tmp/llama3-70b-16l
+    [ -f $M70/config.json ] || step make_model_70b $K make-model --shape llama3-70b --layers 16 --random --dtype bf16 $M70
+    bench70() { local name=$1; shift; step "$name" bash -c "$K bench $* --device cuda --model $M70 --json | tail -1 >> $OUT/bench.json"; }
+    bench70 decode_70b16_b1_tp1 latency --batch 1 --prompt-len 512 --gen-len 64 --reps 1
+    bench70 decode_70b16_b1_tp2 latency --batch 1 --prompt-len 512 --gen-len 64 --reps 1 --tp 2
+    bench70 batch_64_70b16_tp2 latency --batch 64 --prompt-len 256 --gen-len 128 --reps 1 --tp 2
+  fi
   if want micro; then
     for b in build-device/bench/${KITE_MICRO:-cuda_*_bench}; do step "$(basename "$b")" "$b" --benchmark_min_time=0.2; done
   fi
@@ -63,6 +75,8 @@ fi
 echo
 echo "| step | result |"
 echo "|---|---|"
-for s in fixtures configure build cuda_tests cpu_tests generate make_model decode_b1 decode_b1_eager batch_256 cuda_attention_bench cuda_dense_bench; do
+for s in fixtures configure build cuda_tests cpu_tests generate make_model decode_b1 decode_b1_eager batch_256 \
+  decode_b1_tp2 batch_256_tp2 make_model_70b decode_70b16_b1_tp1 decode_70b16_b1_tp2 batch_64_70b16_tp2 \
+  cuda_attention_bench cuda_dense_bench cuda_sample_bench; do
   [ -n "${result[$s]:-}" ] && echo "| $s | ${result[$s]} |"
 done
