@@ -42,6 +42,13 @@ class Communicator {
 // n communicators for n CPU ranks run by n threads of this process.
 std::vector<std::unique_ptr<Communicator>> make_local_communicators(int n);
 
+// One CPU rank of `size` in separate processes (multi-node on the CPU):
+// rank 0 listens on `port`, the others connect to host:port (retrying up to
+// timeout_s). Collectives go through rank 0, which sums in rank order and
+// sends the result back (identical bits on every rank).
+std::unique_ptr<Communicator> make_tcp_communicator(int rank, int size, const std::string& host, int port,
+                                                    double timeout_s = 300);
+
 // One communicator per device, all in this process (one thread per device
 // must drive each). Throws kite::Error when the CUDA backend or NCCL is absent.
 std::vector<std::unique_ptr<Communicator>> make_nccl_communicators(const std::vector<Device>& devices);

@@ -345,7 +345,7 @@ std::vector<RequestOutput> Engine::step() {
   counters_.schedule_seconds += t1 - t0;
   for (Sequence* s : out.preempted) ++s->request->metrics.preemptions;
   if (out.empty()) return outputs;
-  for (const BlockCopy& c : out.copies) cache_.copy_block(c.src, c.dst);
+  for (const BlockCopy& c : out.copies) model_.copy_kv_block(cache_, c.src, c.dst);
   std::vector<StepRows> rows;
   BatchInput batch = build_batch(out, rows);
   ops::SampleBatch samples = build_samples(out, rows);

@@ -99,6 +99,9 @@ class Model {
   // device (tensor-parallel models shard the KV heads across ranks).
   virtual PagedKvCache create_kv_cache(int64_t num_blocks, int64_t block_size);
   virtual size_t kv_bytes_per_block(int64_t block_size) const;
+  // Copies KV block src to dst in `cache` (copy-on-write); a multi-node model
+  // has its other nodes copy theirs too.
+  virtual void copy_kv_block(PagedKvCache& cache, int64_t src, int64_t dst) { cache.copy_block(src, dst); }
 
   // Runs tokens at positions [cache.size(), cache.size() + n), appends their
   // K/V to the cache and returns logits: [n, vocab] when all_logits, else

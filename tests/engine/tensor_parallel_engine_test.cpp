@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "core/mapped_file.h"
+#include "core/socket.h"
 #include "engine/engine.h"
 #include "model/tensor_parallel.h"
 
@@ -62,6 +64,69 @@ TEST(TensorParallel, EngineGreedyOutputsEqualOneRank) {
       EXPECT_EQ(b.at(id), toks) << id;
     }
   }
+}
+
+// Two "nodes" in one process (each a thread with its own TCP connections,
+// as two processes would have): node 0 runs the engine and sends every call
+// to node 1, the ranks' collectives go over TCP. Greedy outputs equal one
+// rank's.
+TEST(TensorParallel, TwoNodesOverTcpGiveOneRanksOutputs) {
+  const auto ref = nlohmann::json::parse(read_text_file(kRef + "/reference.json"));
+  int port = 0;
+  {
+    Listener probe(0);
+    port = probe.port();  // free now (and, most likely, port + 1 too)
+  }
+  ClusterSpec k;
+  k.nnodes = 2;
+  k.master_port = port;
+  k.timeout_s = 60;
+  std::exception_ptr node1_error;
+  std::thread node1([&] {
+    try {
+      ClusterSpec k1 = k;
+      k1.node_rank = 1;
+      EXPECT_EQ(load_model_parallel(kRef, kCpu, 2, k1), nullptr);  // returns once node 0 is done
+    } catch (...) {
+      node1_error = std::current_exception();
+    }
+  });
+  std::map<std::string, std::vector<int32_t>> got, want;
+  {
+    auto node0 = load_model_parallel(kRef, kCpu, 2, k);
+    ASSERT_TRUE(node0);
+    EXPECT_EQ(node0->tensor_parallel_size(), 2);
+    auto one = load_model(kRef);
+    auto run = [&](Model& m) {
+      EngineConfig c;
+      c.num_blocks = 64;
+      c.max_model_len = 256;
+      c.eos_ids = {2};
+      Engine e(m, nullptr, c);
+      for (size_t i = 0; i < 3; ++i) {
+        GenerationParams p;
+        p.sampling.temperature = 0;
+        p.max_tokens = 16;
+        p.ignore_eos = true;
+        p.n = i == 2 ? 2 : 1;  // n = 2 forks: copy-on-write of a shared block on both nodes
+        e.add_request("r" + std::to_string(i), ref["greedy"][i]["prompt_ids"].template get<std::vector<int32_t>>(), p);
+      }
+      std::map<std::string, std::vector<int32_t>> out;
+      while (e.has_work())
+        for (RequestOutput& o : e.step())
+          for (SampleOutput& so : o.samples) {
+            auto& v = out[o.id + "/" + std::to_string(so.index)];
+            v.insert(v.end(), so.token_ids.begin(), so.token_ids.end());
+          }
+      return out;
+    };
+    got = run(*node0);
+    want = run(*one);
+  }
+  node1.join();
+  if (node1_error) std::rethrow_exception(node1_error);
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(got.size(), 4u);
 }
 
 }  // namespace

@@ -1,11 +1,14 @@
 // The kite binary end to end: output format, exit codes, one-line errors.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "core/mapped_file.h"
 #include "model/generation.h"
@@ -64,6 +67,38 @@ TEST(Cli, GenerateTensorParallelOnCpuRanksGivesTheReference) {
   EXPECT_EQ(bad.status, 2) << bad.err;
   EXPECT_NE(bad.err.find("num_key_value_heads"), std::string::npos) << bad.err;
   EXPECT_EQ(run("generate --tp 0 --model " + kModel + " --prompt hi").status, 2);
+}
+
+TEST(Cli, GenerateOverTwoNodeProcesses) {
+  // Two kite processes on this machine as nodes 0 and 1 of a CPU job: node 1
+  // serves node 0's steps and exits 0 when node 0 is done; node 0 prints HF's
+  // greedy text.
+  auto ref = nlohmann::json::parse(kite::read_text_file(kModel + "/reference.json"));
+  const auto& g = ref["greedy"][1];
+  const int port = 20000 + int(::getpid() % 20000);
+  const std::string common = " --tp 2 --nnodes 2 --master-port " + std::to_string(port) + " --model " + kModel +
+                             " --prompt '" + g["prompt"].get<std::string>() + "' --max-tokens 48";
+  auto dir = std::filesystem::temp_directory_path() / ("kite_node1_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string err1 = (dir / "err").string();
+  const std::string node1 = kKite + " generate --node-rank 1" + common + " >/dev/null 2>" + err1 + " & echo $!";
+  FILE* p = ::popen(node1.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  int pid = 0;
+  ASSERT_EQ(std::fscanf(p, "%d", &pid), 1);
+  ::pclose(p);
+  Result r = run("generate --node-rank 0" + common);
+  // Node 1 says so on stderr as it exits (it is not our child: poll its log).
+  bool served = false;
+  for (int i = 0; i < 300 && !served; ++i) {
+    served = kite::read_text_file(err1).find("served node 0") != std::string::npos;
+    if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!served) ::kill(pid, SIGKILL);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, g["text"].get<std::string>() + "\n");
+  EXPECT_TRUE(served) << kite::read_text_file(err1);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Cli, ChatUsesTheModelsTemplate) {

@@ -1,4 +1,4 @@
-// Embedding lookup: rows of the table converted to F32.
+// Embedding lookup: rows of the table (or of a vocabulary shard) converted to F32.
 #include <algorithm>
 
 #include "backend/cpu/cpu_ops.h"
@@ -6,18 +6,6 @@
 #include "core/parallel.h"
 
 namespace kite::cpu {
-
-void embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
-  const int64_t n = ids.dim(0), d = table.dim(1);
-  const size_t row_bytes = size_t(d) * dtype_size(table.dtype());
-  const char* base = static_cast<const char*>(table.data());
-  const int32_t* pid = ids.data_as<const int32_t>();
-  float* po = out.data_as<float>();  // [n, d]
-  const VecOps& v = vec_ops(simd_level());
-  parallel_for(n, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) v.to_f32(base + size_t(pid[i]) * row_bytes, table.dtype(), po + i * d, d);
-  });
-}
 
 void embedding_shard(const Tensor& table, const Tensor& ids, int64_t first_id, Tensor& out) {
   const int64_t n = ids.dim(0), d = table.dim(1), rows = table.dim(0);
@@ -36,5 +24,8 @@ void embedding_shard(const Tensor& table, const Tensor& ids, int64_t first_id, T
     }
   });
 }
+
+// The whole table: a shard starting at id 0 (ops::embedding checked the ids).
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out) { embedding_shard(table, ids, 0, out); }
 
 }  // namespace kite::cpu

@@ -66,6 +66,7 @@ Run add_bench(CLI::App& app) {
     std::string model;
     std::string device = "cpu";
     int tensor_parallel_size = 1;
+    ClusterSpec cluster;
     int64_t batch = 1, prompt_len = 128, gen_len = 128, reps = 3;
     double kv_cache_gib = 0;
     bool json = false;
@@ -77,7 +78,7 @@ Run add_bench(CLI::App& app) {
   bench->require_subcommand(1);
   c->add_option("--model,-m", a->model, "Model directory or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
-  add_tensor_parallel_option(*c, a->tensor_parallel_size);
+  add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
   c->add_option("--batch,-b", a->batch, "Sequences run together")->capture_default_str();
   c->add_option("--prompt-len,-p", a->prompt_len, "Prompt tokens")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--gen-len,-n", a->gen_len, "Generated tokens")->capture_default_str()->check(CLI::PositiveNumber);
@@ -92,7 +93,8 @@ Run add_bench(CLI::App& app) {
   return [a, c, throughput] {
     if (!c->parsed()) return throughput();
     if (a->batch < 1) fail("--batch", "batch", "{} is invalid; expected at least 1", a->batch);
-    auto model = load_model_for(a->model, a->device, a->tensor_parallel_size);
+    auto model = load_model_for(a->model, a->device, a->tensor_parallel_size, a->cluster);
+    if (!model) return 0;  // another node of a multi-node job: it served node 0
     const ModelConfig& cfg = model->config();
     const Device dev = model->device();
     if (a->prompt_len + a->gen_len > cfg.max_position_embeddings)

@@ -19,6 +19,7 @@ struct ThroughputArgs {
   std::string model;
   std::string device = "cpu";
   int tensor_parallel_size = 1;
+  ClusterSpec cluster;
   std::string dataset;
   int64_t num_prompts = 32, input_len = 128, output_len = 128;
   int64_t max_num_seqs = 256, max_num_batched_tokens = 2048, max_model_len = 0;
@@ -47,7 +48,8 @@ std::vector<std::vector<int32_t>> load_dataset(const ThroughputArgs& a, const To
 }
 
 int run_throughput(const ThroughputArgs& a) {
-  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size);
+  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster);
+  if (!model) return 0;  // another node of a multi-node job: it served node 0
   const ModelConfig& cfg = model->config();
   std::unique_ptr<Tokenizer> tok;
   std::vector<std::vector<int32_t>> prompts;
@@ -130,7 +132,7 @@ Run add_bench_throughput(CLI::App& bench) {
   CLI::App* c = bench.add_subcommand("throughput", "Offline throughput: many requests through the batched engine");
   c->add_option("--model,-m", a->model, "Model directory or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
-  add_tensor_parallel_option(*c, a->tensor_parallel_size);
+  add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
   c->add_option("--num-prompts,-n", a->num_prompts, "Requests (all submitted at once)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

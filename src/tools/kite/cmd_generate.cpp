@@ -15,6 +15,7 @@ struct GenerateArgs {
   std::string model;
   std::string device = "cpu";
   int tensor_parallel_size = 1;
+  ClusterSpec cluster;
   std::string prompt;
   bool chat = false;
   std::string system;
@@ -34,7 +35,8 @@ struct GenerateArgs {
 
 int run_generate(const GenerateArgs& a) {
   auto t0 = std::chrono::steady_clock::now();
-  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size);
+  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster);
+  if (!model) return 0;  // another node of a multi-node job: it served node 0
   auto tok = load_tokenizer_for(a.model);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -107,7 +109,7 @@ Run add_generate(CLI::App& app) {
   CLI::App* c = app.add_subcommand("generate", "Generate a continuation of one prompt, streamed to stdout");
   c->add_option("--model,-m", a->model, "Model directory (config.json + safetensors) or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
-  add_tensor_parallel_option(*c, a->tensor_parallel_size);
+  add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
   c->add_option("--prompt,-p", a->prompt, "Prompt text")->required();
   c->add_flag("--chat", a->chat, "Wrap the prompt as a user message with the model's chat template");
   c->add_option("--system", a->system, "System message (with --chat)");

@@ -20,6 +20,7 @@ struct ServeArgs {
   std::string model;
   std::string device = "cpu";
   int tensor_parallel_size = 1;
+  ClusterSpec cluster;
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string served_model_name;
@@ -77,7 +78,8 @@ int run_serve(const ServeArgs& a) {
          a.gpu_memory_utilization);
   if (a.max_queue < 0) fail("--max-queue", "max_queue", "{} is invalid; expected 0 (unlimited) or more", a.max_queue);
 
-  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size);
+  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster);
+  if (!model) return 0;  // another node of a multi-node job: it served node 0
   auto tok = load_tokenizer_for(a.model);
   const std::string dir = model_dir(a.model);
 
@@ -179,7 +181,7 @@ Run add_serve(CLI::App& app) {
   c->add_option("--model,-m", a->model,
                 "Hugging Face model directory, quantized checkpoint (kite quantize) or .gguf file");
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
-  add_tensor_parallel_option(*c, a->tensor_parallel_size);
+  add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
   c->add_option("--host", a->host, "Address to listen on")->capture_default_str();
   c->add_option("--port", a->port, "TCP port (0 = any free port)")->capture_default_str();
   c->add_option("--served-model-name", a->served_model_name, "The model name clients send; default: the --model path");

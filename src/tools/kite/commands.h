@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <functional>
 
+#include "model/tensor_parallel.h"
+
 namespace kite::cli {
 
 using Run = std::function<int()>;
@@ -17,7 +19,8 @@ Run add_serve(CLI::App& app);
 Run add_make_model(CLI::App& app);
 // `kite bench throughput`, registered under the bench subcommand.
 Run add_bench_throughput(CLI::App& bench);
-// The --tensor-parallel-size option (vLLM's spelling, also --tp).
-void add_tensor_parallel_option(CLI::App& c, int& size);
+// --tensor-parallel-size (vLLM's spelling, also --tp) and the multi-node
+// options --nnodes, --node-rank, --master-addr, --master-port.
+void add_tensor_parallel_option(CLI::App& c, int& size, ClusterSpec& cluster);
 
 }  // namespace kite::cli

@@ -54,17 +54,31 @@ Device parse_device(const std::string& spec) {
   fail("--device", "device", "'{}' is not a device; use cpu, cuda, cuda:N or auto", spec);
 }
 
-std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size) {
+std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size,
+                                      const ClusterSpec& cluster) {
   if (tensor_parallel_size < 1)
     fail("--tensor-parallel-size", "tensor-parallel-size", "{} is invalid; expected 1 or more", tensor_parallel_size);
-  return load_model_parallel(path, parse_device(device), tensor_parallel_size);
+  auto model = load_model_parallel(path, parse_device(device), tensor_parallel_size, cluster);
+  if (!model)
+    std::fprintf(stderr, "kite: node %d of %d served node 0 until it finished\n", cluster.node_rank, cluster.nnodes);
+  return model;
 }
 
-void add_tensor_parallel_option(CLI::App& c, int& size) {
+void add_tensor_parallel_option(CLI::App& c, int& size, ClusterSpec& cluster) {
   c.add_option("--tensor-parallel-size,--tp", size,
-               "Split the model over this many devices (CUDA: cuda:0.. through NCCL; cpu: threads)")
+               "Split the model over this many devices (CUDA: cuda:0.. through NCCL; cpu: threads); over all nodes")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  c.add_option("--nnodes", cluster.nnodes, "Nodes (processes) of a multi-node tensor-parallel job")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c.add_option("--node-rank", cluster.node_rank, "This node's rank; node 0 runs the engine, the others serve it")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c.add_option("--master-addr", cluster.master_addr, "Node 0's address")->capture_default_str();
+  c.add_option("--master-port", cluster.master_port, "Node 0's port (and the next one for CPU collectives)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65534));
 }
 
 }  // namespace kite::cli

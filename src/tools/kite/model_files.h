@@ -10,6 +10,7 @@
 #include "chat/chat_template.h"
 #include "formats/hf_config.h"
 #include "model/model.h"
+#include "model/tensor_parallel.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kite::cli {
@@ -27,7 +28,10 @@ Device parse_device(const std::string& spec);
 // device decoder (model/device_decoder.h); a tensor_parallel_size above 1
 // splits it over that many devices from `device` on (model/tensor_parallel.h;
 // CPU ranks are threads).
-std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size = 1);
+// With several nodes (cluster.nnodes > 1) only node 0 gets a model: the
+// others serve node 0's steps and then get nullptr (the command exits 0).
+std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size = 1,
+                                      const ClusterSpec& cluster = {});
 // Reads a whole text file (kite::Error naming it when missing).
 std::string read_text(const std::string& path);
 
