@@ -38,8 +38,6 @@ struct LocalGroup {
 };
 
 void check_collective(const char* what, const Tensor& x) {
-  if (!x.device().is_cpu())
-    fail(what, "x", "the local communicator works on CPU tensors; x is on {}", x.device().str());
   if (!x.is_contiguous()) fail(what, "x", "must be contiguous");
   if (x.dtype() != DType::F32 && x.dtype() != DType::BF16)
     fail(what, "x", "dtype {} is not supported; expected F32 or BF16", dtype_name(x.dtype()));
@@ -55,6 +53,12 @@ class LocalCommunicator final : public Communicator {
   void all_reduce_sum(Tensor& x) override {
     check_collective("all_reduce_sum", x);
     if (group_->size == 1) return;
+    if (!x.device().is_cpu()) {  // staged through the host (tests; NCCL is the GPU path)
+      Tensor host = x.to(kCpu);
+      all_reduce_sum(host);
+      x.copy_from(host);
+      return;
+    }
     const int64_t n = x.numel();
     // Every rank sums all ranks' buffers in rank order (so all get the same
     // bits), into a private copy, then writes it back once all have read.
@@ -85,6 +89,12 @@ class LocalCommunicator final : public Communicator {
     check_collective("all_gather", out);
     if (out.dtype() != x.dtype() || out.numel() != x.numel() * group_->size)
       fail("all_gather", "out", "expected {} x {} elements of {}", group_->size, x.numel(), dtype_name(x.dtype()));
+    if (!x.device().is_cpu() || !out.device().is_cpu()) {  // staged through the host
+      Tensor host_out = Tensor::empty(out.shape(), out.dtype());
+      all_gather(x.to(kCpu), host_out);
+      out.copy_from(host_out);
+      return;
+    }
     group_->slots[size_t(rank_)] = x.data();
     group_->wait_all();
     const size_t bytes = x.nbytes();
@@ -94,6 +104,7 @@ class LocalCommunicator final : public Communicator {
   }
 
   void barrier() override { group_->wait_all(); }
+  bool graph_safe() const override { return false; }
 
  private:
   std::shared_ptr<LocalGroup> group_;

@@ -37,9 +37,15 @@ class Communicator {
   virtual void all_gather(const Tensor& x, Tensor& out) = 0;
   // Blocks until every rank has arrived (and, on CUDA, its queued work is done).
   virtual void barrier() = 0;
+  // Whether collectives only queue work on the device's stream (NCCL), so
+  // they may be recorded into a device graph. Host-side ones (local, TCP)
+  // synchronize and copy: models skip graphs over them.
+  virtual bool graph_safe() const { return true; }
 };
 
-// n communicators for n CPU ranks run by n threads of this process.
+// n communicators for n ranks run by n threads of this process, over host
+// memory: CPU tensors, or device tensors staged through the host (slow: for
+// tests of the device path without NCCL, e.g. two ranks on one GPU).
 std::vector<std::unique_ptr<Communicator>> make_local_communicators(int n);
 
 // One CPU rank of `size` in separate processes (multi-node on the CPU):

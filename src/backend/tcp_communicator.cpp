@@ -92,6 +92,7 @@ class TcpCommunicator final : public Communicator {
     Tensor one = Tensor::zeros({1}, DType::F32);
     all_reduce_sum(one);
   }
+  bool graph_safe() const override { return false; }
 
  private:
   static void check(const Tensor& x, const char* what) {

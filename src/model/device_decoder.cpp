@@ -365,7 +365,8 @@ void DeviceDecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int6
   graphs_.clear();
   graph_sizes_.clear();
   graph_cache_ = nullptr;
-  if (enforce_eager || max_num_seqs < 1 || device_.is_cpu()) return;
+  // No graphs on the CPU, nor over collectives that run on the host.
+  if (enforce_eager || max_num_seqs < 1 || device_.is_cpu() || (tp_.comm && !tp_.comm->graph_safe())) return;
   const int64_t B = max_num_seqs;
   graph_max_blocks_ = (max_model_len + cache.block_size() - 1) / cache.block_size();
   const MemoryStats before = memory_stats(device_);

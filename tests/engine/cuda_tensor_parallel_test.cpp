@@ -62,21 +62,16 @@ Outputs run(Model& m, const nlohmann::json& greedy, int64_t max_tokens, bool log
   return out;
 }
 
-TEST(CudaTensorParallel, GreedyOnTwoGpusMatchesOne) {
-  if (!two_gpus()) GTEST_SKIP() << "needs NCCL and two CUDA devices";
-  auto ref = nlohmann::json::parse(read_text_file(kModel + "/reference.json"));
-  const Device gpu0{DeviceKind::CUDA, 0};
-  auto one = load_model_on(kModel, gpu0);
-  auto two = load_model_parallel(kModel, gpu0, 2);
-  ASSERT_EQ(two->tensor_parallel_size(), 2);
-  EXPECT_EQ(two->kv_bytes_per_block(16) * 2, one->kv_bytes_per_block(16));
+// Greedy outputs of `tp` equal `one`'s for 32+ tokens of each reference
+// prompt, graphs and eager, except at near-ties of one's top-2 logits.
+void expect_same_greedy(Model& one, Model& tp, const nlohmann::json& greedy, const char* what) {
   const int64_t kTokens = 40;
-  Outputs want = run(*one, ref["greedy"], kTokens, true, false);
+  Outputs want = run(one, greedy, kTokens, true, false);
   int exact = 0, ties = 0;
   for (bool eager : {false, true}) {
     SCOPED_TRACE(eager ? "eager" : "graphs");
-    Outputs got = run(*two, ref["greedy"], kTokens, false, eager);
-    for (size_t i = 0; i < ref["greedy"].size(); ++i) {
+    Outputs got = run(tp, greedy, kTokens, false, eager);
+    for (size_t i = 0; i < greedy.size(); ++i) {
       const std::string id = "r" + std::to_string(i);
       const auto& a = want.ids[id];
       const auto& b = got.ids[id];
@@ -90,13 +85,38 @@ TEST(CudaTensorParallel, GreedyOnTwoGpusMatchesOne) {
       const TokenLogprobs& lp = want.logprobs[id][agree];
       ASSERT_GE(lp.top.size(), 2u);
       const float gap = lp.top[0].second - lp.top[1].second;
-      EXPECT_LT(gap, 0.01f) << id << ": one and two GPUs part after " << agree << " tokens at a top-2 gap of " << gap;
+      EXPECT_LT(gap, 0.01f) << id << ": one and two ranks part after " << agree << " tokens at a top-2 gap of " << gap;
       EXPECT_EQ(b[agree], lp.top[1].first);
       ++ties;
     }
   }
-  std::printf("CudaTensorParallel: %d runs identical for 32+ tokens, %d parted at a near-tie\n", exact, ties);
-  EXPECT_GE(exact, 2 * int(ref["greedy"].size()) - 2);
+  std::printf("%s: %d runs identical for 32+ tokens, %d parted at a near-tie\n", what, exact, ties);
+  EXPECT_GE(exact, 2 * int(greedy.size()) - 2);
+}
+
+TEST(CudaTensorParallel, GreedyOnTwoGpusMatchesOne) {
+  if (!two_gpus()) GTEST_SKIP() << "needs NCCL and two CUDA devices";
+  auto ref = nlohmann::json::parse(read_text_file(kModel + "/reference.json"));
+  const Device gpu0{DeviceKind::CUDA, 0};
+  auto one = load_model_on(kModel, gpu0);
+  auto two = load_model_parallel(kModel, gpu0, 2);
+  ASSERT_EQ(two->tensor_parallel_size(), 2);
+  EXPECT_EQ(two->kv_bytes_per_block(16) * 2, one->kv_bytes_per_block(16));
+  expect_same_greedy(*one, *two, ref["greedy"], "CudaTensorParallel (2 GPUs, NCCL)");
+}
+
+// The sharded device path (BF16 shards, vocabulary-parallel embedding and
+// logits, per-rank KV heads) without NCCL: two ranks on one GPU joined by the
+// host-staged local communicator (no graphs over it).
+TEST(CudaTensorParallel, TwoRanksOnOneGpuMatchOne) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  auto ref = nlohmann::json::parse(read_text_file(kModel + "/reference.json"));
+  const Device gpu0{DeviceKind::CUDA, 0};
+  auto one = load_model_on(kModel, gpu0);
+  std::unique_ptr<Model> cpu = load_model(kModel);
+  TensorParallelModel two(dynamic_cast<DecoderModel&>(*cpu), {gpu0, gpu0}, make_local_communicators(2));
+  EXPECT_EQ(two.rank(1).shard_config().num_kv_heads, 1);
+  expect_same_greedy(*one, two, ref["greedy"], "CudaTensorParallel (2 ranks on 1 GPU)");
 }
 
 }  // namespace
