@@ -115,9 +115,9 @@ int run_serve(const ServeArgs& a) {
   std::fprintf(stderr, "kite serve: model %s on %s, %.2f GB of weights\n", a.model.c_str(),
                device_description(model->device()).c_str(), double(model->weight_bytes()) / 1e9);
   if (model->tensor_parallel_size() > 1)
-    std::fprintf(stderr,
-                 "kite serve: tensor parallel over %d ranks (devices %s and on); the KV cache figures are per rank\n",
-                 model->tensor_parallel_size(), model->device().str().c_str());
+    std::fprintf(stderr, "kite serve: tensor parallel over %d ranks (%s); the KV cache figures are per rank\n",
+                 model->tensor_parallel_size(),
+                 model->device().is_cpu() ? "CPU threads or nodes" : ("from " + model->device().str()).c_str());
   std::fprintf(stderr, "kite serve: KV cache: %lld blocks of %lld tokens = %lld tokens; max_model_len %lld\n",
                (long long)eng.num_blocks(), (long long)eng.config().block_size, (long long)kv_tokens,
                (long long)max_len);
