@@ -53,9 +53,11 @@ if want bench; then
   [ -f $M/config.json ] || step make_model $K make-model --shape llama3-8b --random --dtype bf16 $M
   : > "$OUT/bench.json"
   bench() { local name=$1; shift; step "$name" bash -c "$K bench $* --device cuda --model $M --json | tail -1 >> $OUT/bench.json"; }
-  bench decode_b1 latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2
-  bench decode_b1_eager latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2 --enforce-eager
-  bench batch_256 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1
+  if [ -z "${KITE_TP_ONLY:-}" ]; then  # KITE_TP_ONLY=1: only the tensor-parallel runs
+    bench decode_b1 latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2
+    bench decode_b1_eager latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2 --enforce-eager
+    bench batch_256 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1
+  fi
   if want tp && [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
     bench decode_b1_tp2 latency --batch 1 --prompt-len 512 --gen-len 128 --reps 2 --tp 2
     bench batch_256_tp2 latency --batch 256 --prompt-len 256 --gen-len 256 --reps 1 --tp 2
