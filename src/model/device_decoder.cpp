@@ -61,18 +61,28 @@ DeviceDecoderModel::DeviceDecoderModel(const DecoderModel& src, Device device, T
   const int64_t N = tp.size, r = tp.rank;
   if (N < 1 || r < 0 || r >= N || (N > 1 && !tp.comm))
     fail(where, "tensor_parallel_size", "rank {} of {} is invalid", r, N);
-  for (auto [count, field] : {std::pair{c.num_heads, "num_attention_heads"},
-                              {c.num_kv_heads, "num_key_value_heads"},
-                              {c.intermediate_size, "intermediate_size"}})
+  for (auto [count, field] :
+       {std::pair{c.num_heads, "num_attention_heads"}, {c.intermediate_size, "intermediate_size"}})
     if (count % N != 0)
       fail(where, field, "{} does not split over {} tensor-parallel ranks; pick a --tensor-parallel-size dividing it",
            count, N);
+  // KV heads split when they divide; with more ranks than KV heads each KV
+  // head is replicated on N / n_kv ranks (as vLLM does), which needs N to be
+  // a multiple of n_kv.
+  const int64_t nkv = c.num_kv_heads;
+  if (nkv % N != 0 && N % nkv != 0)
+    fail(where, "num_key_value_heads",
+         "{} KV heads neither split over {} ranks nor replicate evenly; pick a --tensor-parallel-size that divides "
+         "them or is a multiple of them",
+         nkv, N);
   if (rope_is_dynamic(c))
     fail(where, "rope_scaling", "dynamic NTK RoPE does not run on the device path yet; serve this model on the CPU");
   act_ = device.is_cpu() ? DType::F32 : DType::BF16;
   local_ = c;
   local_.num_heads = c.num_heads / N;
-  local_.num_kv_heads = c.num_kv_heads / N;
+  local_.num_kv_heads = std::max<int64_t>(1, nkv / N);
+  // This rank's first KV head: its own share, or the one its query heads use.
+  const int64_t kv0 = nkv >= N ? r * (nkv / N) : r / (N / nkv);
   local_.intermediate_size = c.intermediate_size / N;
   const int64_t hd = c.head_dim, q_rows = local_.num_heads * hd, kv_rows = local_.num_kv_heads * hd;
   const int64_t ffn = local_.intermediate_size;
@@ -97,13 +107,13 @@ DeviceDecoderModel::DeviceDecoderModel(const DecoderModel& src, Device device, T
     d.mlp_norm = host_bf16(lw.mlp_norm).to(device);
     // Column-parallel: this rank's output rows of q, k, v, gate and up.
     d.wqkv = stack_rows({host_rows(host_bf16(lw.attn.wq, what), r * q_rows, (r + 1) * q_rows),
-                         host_rows(host_bf16(lw.attn.wk, what), r * kv_rows, (r + 1) * kv_rows),
-                         host_rows(host_bf16(lw.attn.wv, what), r * kv_rows, (r + 1) * kv_rows)},
+                         host_rows(host_bf16(lw.attn.wk, what), kv0 * hd, kv0 * hd + kv_rows),
+                         host_rows(host_bf16(lw.attn.wv, what), kv0 * hd, kv0 * hd + kv_rows)},
                         device);
     if (lw.attn.bq.defined())
       d.bqkv = stack_rows({host_rows(host_bf16(lw.attn.bq), r * q_rows, (r + 1) * q_rows),
-                           host_rows(host_bf16(lw.attn.bk), r * kv_rows, (r + 1) * kv_rows),
-                           host_rows(host_bf16(lw.attn.bv), r * kv_rows, (r + 1) * kv_rows)},
+                           host_rows(host_bf16(lw.attn.bk), kv0 * hd, kv0 * hd + kv_rows),
+                           host_rows(host_bf16(lw.attn.bv), kv0 * hd, kv0 * hd + kv_rows)},
                           device);
     // Row-parallel: the input columns matching this rank's heads / MLP columns.
     const Tensor wo = host_bf16(lw.attn.wo, what);

@@ -84,10 +84,12 @@ void check_same_logits(const std::string& path, int ranks) {
   DeviceDecoderModel one(*src, kCpu);
   TensorParallelModel tp(*src, std::vector<Device>(size_t(ranks), kCpu), make_local_communicators(ranks));
   EXPECT_EQ(tp.tensor_parallel_size(), ranks);
-  EXPECT_EQ(tp.kv_bytes_per_block(4) * size_t(ranks), one.kv_bytes_per_block(4));
+  const int64_t local_kv = std::max<int64_t>(1, src->config().num_kv_heads / ranks);  // replicated beyond n_kv ranks
+  EXPECT_EQ(tp.kv_bytes_per_block(4) * size_t(src->config().num_kv_heads),
+            one.kv_bytes_per_block(4) * size_t(local_kv));
   PagedKvCache c1 = one.create_kv_cache(4, 4), cn = tp.create_kv_cache(4, 4);
   ASSERT_EQ(cn.num_shards(), ranks);
-  EXPECT_EQ(cn.shard(0).k(0).dim(2), src->config().num_kv_heads / ranks);
+  EXPECT_EQ(cn.shard(0).k(0).dim(2), local_kv);
   const BatchInput pre = prefill_batch(vocab), dec = decode_batch(vocab);
   expect_close(tp.forward_batch(pre, cn), one.forward_batch(pre, c1), "prefill");
   // Decode reads the K/V each rank wrote for its own heads. (Running a step
@@ -99,6 +101,11 @@ void check_same_logits(const std::string& path, int ranks) {
 TEST(TensorParallel, SameLogitsAsOneRankLlama) { check_same_logits(kFixtures + "llama", 2); }
 TEST(TensorParallel, SameLogitsAsOneRankQkvBiasTiedEmbeddings) { check_same_logits(kFixtures + "qwen2", 2); }
 TEST(TensorParallel, SameLogitsAsOneRankKiteRef) { check_same_logits(kRef, 2); }
+// 4 ranks over 2 KV heads: each KV head (and its cache) lives on 2 ranks.
+TEST(TensorParallel, SameLogitsWithReplicatedKvHeads) {
+  check_same_logits(kFixtures + "llama", 4);
+  check_same_logits(kFixtures + "qwen2", 4);
+}
 
 TEST(TensorParallel, SameLogitsOnceKvHeadsAreOnePerRank) {
   // llama fixture: 4 heads, 2 KV heads: 2 ranks hold one KV head each.
@@ -114,13 +121,19 @@ TEST(TensorParallel, SameLogitsOnceKvHeadsAreOnePerRank) {
 }
 
 TEST(TensorParallel, RefusesSplitsThatDoNotDivide) {
-  auto src = load_decoder(kRef);  // 6 heads, 2 KV heads
+  auto src = load_decoder(kRef);  // 6 heads, 2 KV heads, ffn 1024
   ASSERT_TRUE(src);
   try {
     TensorParallelModel tp(*src, {kCpu, kCpu, kCpu}, make_local_communicators(3));
-    FAIL() << "3 ranks cannot split 2 KV heads";
+    FAIL() << "3 ranks cannot split an MLP of 1024";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("num_key_value_heads"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("intermediate_size"), std::string::npos) << e.what();
+  }
+  try {
+    TensorParallelModel tp(*src, std::vector<Device>(4, kCpu), make_local_communicators(4));
+    FAIL() << "4 ranks cannot split 6 query heads";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("num_attention_heads"), std::string::npos) << e.what();
   }
   EXPECT_THROW(load_model_parallel(kRef, kCpu, 0), Error);
 }

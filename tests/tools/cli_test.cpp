@@ -62,10 +62,10 @@ TEST(Cli, GenerateTensorParallelOnCpuRanksGivesTheReference) {
                  g["prompt"].get<std::string>() + "' --max-tokens 48");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out, g["text"].get<std::string>() + "\n");
-  // kite-ref has 2 KV heads: 3 ranks cannot split them; --tp 0 is no size.
+  // kite-ref's MLP (1024) does not split over 3 ranks; --tp 0 is no size.
   Result bad = run("generate --tp 3 --model " + kModel + " --prompt hi");
   EXPECT_EQ(bad.status, 2) << bad.err;
-  EXPECT_NE(bad.err.find("num_key_value_heads"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("intermediate_size"), std::string::npos) << bad.err;
   EXPECT_EQ(run("generate --tp 0 --model " + kModel + " --prompt hi").status, 2);
 }
 
