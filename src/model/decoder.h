@@ -112,4 +112,8 @@ class DecoderModel : public Model {
   RopeFrequencies static_rope_;
 };
 
+// load_model for a checkpoint that must be a DecoderModel (what the device
+// and tensor-parallel paths build from); kite::Error naming `purpose` else.
+std::unique_ptr<DecoderModel> load_decoder_model(const std::string& path, const std::string& purpose);
+
 }  // namespace kite

@@ -533,11 +533,8 @@ std::vector<ops::SampledToken> DeviceDecoderModel::forward_batch_sample(const Ba
 }
 
 std::unique_ptr<Model> load_model_on(const std::string& path, Device device) {
-  std::unique_ptr<Model> cpu = load_model(path);
-  if (device.is_cpu()) return cpu;
-  auto* dec = dynamic_cast<DecoderModel*>(cpu.get());
-  if (!dec) fail(path, "model", "this model kind does not run on {}", device.str());
-  return std::make_unique<DeviceDecoderModel>(*dec, device);
+  if (device.is_cpu()) return load_model(path);
+  return std::make_unique<DeviceDecoderModel>(*load_decoder_model(path, "on " + device.str()), device);
 }
 
 }  // namespace kite

@@ -141,4 +141,12 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   fail(path, "model", "expected a Hugging Face model directory (config.json + *.safetensors) or a .gguf file");
 }
 
+std::unique_ptr<DecoderModel> load_decoder_model(const std::string& path, const std::string& purpose) {
+  std::unique_ptr<Model> m = load_model(path);
+  auto* dec = dynamic_cast<DecoderModel*>(m.get());
+  if (!dec) fail(path, "model", "this model kind does not run {}", purpose);
+  m.release();
+  return std::unique_ptr<DecoderModel>(dec);
+}
+
 }  // namespace kite

@@ -336,14 +336,6 @@ std::vector<Device> local_devices(Device first, int local) {
   return devices;
 }
 
-std::unique_ptr<DecoderModel> load_decoder(const std::string& path) {
-  std::unique_ptr<Model> m = load_model(path);
-  auto* dec = dynamic_cast<DecoderModel*>(m.get());
-  if (!dec) fail(path, "model", "this model kind does not run tensor-parallel");
-  m.release();
-  return std::unique_ptr<DecoderModel>(dec);
-}
-
 // Multi-node start-up: node 0 accepts the other nodes, hands out the NCCL
 // id (CUDA) and builds the communicators with them.
 std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int size, const ClusterSpec& k) {
@@ -357,7 +349,7 @@ std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int s
   if (first.is_cpu() && local != 1)
     fail(src, "tensor_parallel_size",
          "on the CPU a multi-node job runs one rank per node; use --tensor-parallel-size {}", k.nnodes);
-  auto dec = load_decoder(path);
+  auto dec = load_decoder_model(path, "tensor-parallel");
   const std::vector<Device> devices = local_devices(first, local);
   std::vector<Socket> nodes;  // node 0: to nodes 1 ..
   Socket to_node0;            // other nodes
@@ -400,7 +392,7 @@ std::unique_ptr<Model> load_model_parallel(const std::string& path, Device first
   if (size < 1) fail("kite", "tensor_parallel_size", "{} is invalid; expected 1 or more", size);
   if (cluster.nnodes > 1) return load_cluster(path, first, size, cluster);
   if (size == 1) return load_model_on(path, first);
-  auto dec = load_decoder(path);
+  auto dec = load_decoder_model(path, "tensor-parallel");
   const std::vector<Device> devices = local_devices(first, size);
   std::vector<std::unique_ptr<Communicator>> comms =
       first.is_cpu() ? make_local_communicators(size) : make_nccl_communicators(devices);

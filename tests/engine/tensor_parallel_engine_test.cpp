@@ -15,17 +15,9 @@ namespace {
 
 const std::string kRef = std::string(KITE_SHARED_DIR) + "/models/kite-ref";
 
-std::unique_ptr<DecoderModel> load_decoder(const std::string& path) {
-  std::unique_ptr<Model> m = load_model(path);
-  auto* d = dynamic_cast<DecoderModel*>(m.get());
-  if (!d) return nullptr;
-  m.release();
-  return std::unique_ptr<DecoderModel>(d);
-}
-
 TEST(TensorParallel, EngineGreedyOutputsEqualOneRank) {
   const auto ref = nlohmann::json::parse(read_text_file(kRef + "/reference.json"));
-  auto src = load_decoder(kRef);
+  auto src = load_decoder_model(kRef, "tensor-parallel");
   ASSERT_TRUE(src);
   auto run = [&](Model& m, bool sampled) {
     EngineConfig c;

@@ -17,14 +17,6 @@ namespace {
 const std::string kFixtures = std::string(KITE_FIXTURES_DIR) + "/models/";
 const std::string kRef = std::string(KITE_SHARED_DIR) + "/models/kite-ref";
 
-std::unique_ptr<DecoderModel> load_decoder(const std::string& path) {
-  std::unique_ptr<Model> m = load_model(path);
-  auto* d = dynamic_cast<DecoderModel*>(m.get());
-  if (!d) return nullptr;
-  m.release();
-  return std::unique_ptr<DecoderModel>(d);
-}
-
 // Two sequences prefilling 5 and 3 tokens (blocks 0-1 and 2), then one
 // decode token each: the paged path with a prefix already cached.
 BatchInput prefill_batch(int64_t vocab) {
@@ -78,7 +70,7 @@ void expect_close(const Tensor& got, const Tensor& want, const std::string& what
 
 void check_same_logits(const std::string& path, int ranks) {
   SCOPED_TRACE(path + " over " + std::to_string(ranks) + " ranks");
-  auto src = load_decoder(path);
+  auto src = load_decoder_model(path, "tensor-parallel");
   ASSERT_TRUE(src);
   const int64_t vocab = src->config().vocab_size;
   DeviceDecoderModel one(*src, kCpu);
@@ -109,7 +101,7 @@ TEST(TensorParallel, SameLogitsWithReplicatedKvHeads) {
 
 TEST(TensorParallel, SameLogitsOnceKvHeadsAreOnePerRank) {
   // llama fixture: 4 heads, 2 KV heads: 2 ranks hold one KV head each.
-  auto src = load_decoder(kFixtures + "llama");
+  auto src = load_decoder_model(kFixtures + "llama", "tensor-parallel");
   ASSERT_TRUE(src);
   DeviceDecoderModel one(*src, kCpu);
   TensorParallelModel tp(*src, {kCpu, kCpu}, make_local_communicators(2));
@@ -121,7 +113,7 @@ TEST(TensorParallel, SameLogitsOnceKvHeadsAreOnePerRank) {
 }
 
 TEST(TensorParallel, RefusesSplitsThatDoNotDivide) {
-  auto src = load_decoder(kRef);  // 6 heads, 2 KV heads, ffn 1024
+  auto src = load_decoder_model(kRef, "tensor-parallel");  // 6 heads, 2 KV heads, ffn 1024
   ASSERT_TRUE(src);
   try {
     TensorParallelModel tp(*src, {kCpu, kCpu, kCpu}, make_local_communicators(3));
