@@ -160,8 +160,14 @@ void Wire::check(uint64_t n) const {
     fail("wire", "message", "truncated: {} bytes wanted at offset {} of {}", n, pos_, buf_.size());
 }
 
+void Wire::check_count(uint64_t n, size_t elem) const {
+  if (n > (buf_.size() - pos_) / elem)
+    fail("wire", "message", "truncated: {} elements of {} bytes wanted at offset {} of {}", n, elem, pos_, buf_.size());
+}
+
 void Wire::take(void* dst, size_t n) {
   check(n);
+  if (n == 0) return;  // dst may be an empty vector's null data()
   std::memcpy(dst, buf_.data() + pos_, n);
   pos_ += n;
 }

@@ -70,7 +70,7 @@ class Wire {
   template <typename T>
   Wire& put_vector(const std::vector<T>& v) {
     put<uint64_t>(v.size());
-    buf_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+    if (!v.empty()) buf_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
     return *this;
   }
   Wire& put_string(std::string_view s) {
@@ -87,7 +87,7 @@ class Wire {
   template <typename T>
   std::vector<T> get_vector() {
     const uint64_t n = get<uint64_t>();
-    check(n * sizeof(T));
+    check_count(n, sizeof(T));
     std::vector<T> v(n);
     take(v.data(), n * sizeof(T));
     return v;
@@ -103,6 +103,7 @@ class Wire {
 
  private:
   void check(uint64_t n) const;
+  void check_count(uint64_t n, size_t elem) const;  // n elements of elem bytes remain (no overflow)
   void take(void* dst, size_t n);
   std::string buf_;
   size_t pos_ = 0;

@@ -5,6 +5,7 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "model/batch_wire.h"
 
 namespace kite {
 
@@ -19,27 +20,7 @@ enum class TensorParallelModel::Op : uint32_t {
   Shutdown
 };
 
-namespace {
-
-void put_batch(Wire& w, const BatchInput& b) {
-  w.put_vector(b.tokens).put_vector(b.positions).put_vector(b.slot_mapping).put_vector(b.query_start);
-  w.put_vector(b.context_lens).put_vector(b.block_tables).put(b.max_blocks).put_vector(b.logit_rows);
-}
-
-BatchInput get_batch(Wire& w) {
-  BatchInput b;
-  b.tokens = w.get_vector<int32_t>();
-  b.positions = w.get_vector<int32_t>();
-  b.slot_mapping = w.get_vector<int32_t>();
-  b.query_start = w.get_vector<int32_t>();
-  b.context_lens = w.get_vector<int32_t>();
-  b.block_tables = w.get_vector<int32_t>();
-  b.max_blocks = w.get<int32_t>();
-  b.logit_rows = w.get_vector<int32_t>();
-  return b;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TensorParallelModel::TensorParallelModel(const DecoderModel& src, const std::vector<Device>& devices,
                                          std::vector<std::unique_ptr<Communicator>> comms,
@@ -201,7 +182,7 @@ Tensor TensorParallelModel::forward(std::span<const int32_t>, KvCache&, bool) {
 
 Tensor TensorParallelModel::forward_batch(const BatchInput& batch, PagedKvCache& cache) {
   Wire args;
-  put_batch(args, batch);
+  encode_batch(args, batch);
   send_remote(Op::Forward, args);
   std::vector<Tensor> out(ranks_.size());
   on_ranks_then_remote([&](int r) {
@@ -213,7 +194,7 @@ Tensor TensorParallelModel::forward_batch(const BatchInput& batch, PagedKvCache&
 
 std::vector<int32_t> TensorParallelModel::forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) {
   Wire args;
-  put_batch(args, batch);
+  encode_batch(args, batch);
   send_remote(Op::Forward, args);
   std::vector<int32_t> ids;
   on_ranks_then_remote([&](int r) {
@@ -226,7 +207,7 @@ std::vector<int32_t> TensorParallelModel::forward_batch_argmax(const BatchInput&
 std::vector<ops::SampledToken> TensorParallelModel::forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
                                                                          ops::SampleBatch& sample) {
   Wire args;
-  put_batch(args, batch);
+  encode_batch(args, batch);
   send_remote(Op::Forward, args);
   std::vector<ops::SampledToken> out;
   on_ranks_then_remote([&](int r) {
@@ -302,7 +283,7 @@ void TensorParallelModel::serve_node(Socket& node0) {
           break;
         }
         case Op::Forward: {
-          const BatchInput b = get_batch(in);
+          const BatchInput b = decode_batch(in);
           PagedKvCache& c = need_cache();
           on_ranks([&](int r) { ranks_[size_t(r)]->forward_batch_argmax(b, shard_of(c, r)); });
           break;
