@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "backend/backend.h"
+#include "backend/host_reduce.h"
 #include "core/error.h"
 
 namespace kite {
@@ -65,23 +66,9 @@ class LocalCommunicator final : public Communicator {
     std::vector<float> acc(size_t(n), 0.0f);
     group_->slots[size_t(rank_)] = x.data();
     group_->wait_all();
-    for (int r = 0; r < group_->size; ++r) {
-      const void* src = group_->slots[size_t(r)];
-      if (x.dtype() == DType::F32) {
-        const float* s = static_cast<const float*>(src);
-        for (int64_t i = 0; i < n; ++i) acc[size_t(i)] += s[i];
-      } else {
-        const uint16_t* s = static_cast<const uint16_t*>(src);
-        for (int64_t i = 0; i < n; ++i) acc[size_t(i)] += bf16_to_f32(s[i]);
-      }
-    }
+    for (int r = 0; r < group_->size; ++r) detail::accumulate(acc, group_->slots[size_t(r)], x.dtype(), n);
     group_->wait_all();  // everyone has read every buffer
-    if (x.dtype() == DType::F32) {
-      std::memcpy(x.data(), acc.data(), size_t(n) * sizeof(float));
-    } else {
-      uint16_t* d = x.data_as<uint16_t>();
-      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(acc[size_t(i)]);
-    }
+    detail::store(acc, x);
   }
 
   void all_gather(const Tensor& x, Tensor& out) override {

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "backend/communicator.h"
+#include "backend/host_reduce.h"
 #include "core/error.h"
 #include "core/socket.h"
 
@@ -54,20 +55,9 @@ class TcpCommunicator final : public Communicator {
         peers_[size_t(r)].recv_all(buf.data(), bytes);
         src = buf.data();
       }
-      if (x.dtype() == DType::F32) {
-        const float* s = static_cast<const float*>(src);
-        for (int64_t i = 0; i < n; ++i) acc[size_t(i)] += s[i];
-      } else {
-        const uint16_t* s = static_cast<const uint16_t*>(src);
-        for (int64_t i = 0; i < n; ++i) acc[size_t(i)] += bf16_to_f32(s[i]);
-      }
+      detail::accumulate(acc, src, x.dtype(), n);
     }
-    if (x.dtype() == DType::F32) {
-      std::memcpy(x.data(), acc.data(), bytes);
-    } else {
-      uint16_t* d = x.data_as<uint16_t>();
-      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(acc[size_t(i)]);
-    }
+    detail::store(acc, x);
     for (int r = 1; r < size_; ++r) peers_[size_t(r)].send_all(x.data(), bytes);
   }
 
