@@ -10,6 +10,15 @@
 // next digit inside it, until one element is left (its key is kept as the
 // bins fill, so no search pass follows). The kept set is always
 // {C >= threshold} (min-p adds a value bound), so no candidate list is built.
+//
+// The histograms: most logits share the few top key bits (sign, exponent), so
+// per-element shared atomics serialize on a handful of bins. Each warp first
+// groups its 32 elements by bin (__match_any_sync), sums each group's masses
+// with a shuffle tree (integers: any order gives the same sum), and one lane
+// per group adds the group's count and mass: one atomic per distinct bin per
+// warp. Count-weighted selects (top-k, the logprob top) keep only the counts.
+// Any radix and any summation order give the same selected element, since the
+// target and the cumulative weights are exact integers over a fixed order.
 #include <cfloat>
 #include <cmath>
 
@@ -117,6 +126,38 @@ struct SelectShared {
   unsigned long long target, total, key;
 };
 
+// Sum of x over the lanes in `peers` (this lane's group, from
+// __match_any_sync), complete at the group's lowest lane: a tree over the
+// group's ranks, log2(group size) steps of full-warp shuffles. Integer sums:
+// the order does not change the result.
+__device__ __forceinline__ uint64_t reduce_peers(unsigned peers, uint64_t x) {
+  const unsigned lane = threadIdx.x & 31;
+  unsigned rank = __popc(peers & ((1u << lane) - 1u));  // position in the group
+  unsigned rest = peers & (0xfffffffeu << lane);        // higher lanes of the group still adding
+  while (__any_sync(0xffffffffu, rest != 0)) {
+    const int next = __ffs(rest);  // next-higher remaining peer, 1-based (0: none)
+    const uint64_t t = __shfl_sync(0xffffffffu, x, (next - 1) & 31);
+    if (next) x += t;
+    rest &= __ballot_sync(0xffffffffu, !(rank & 1));  // odd ranks have handed on their sum
+    rank >>= 1;
+  }
+  return x;
+}
+
+// Adds each valid lane's element (count 1, weight w, key c) to bin d with one
+// atomic per distinct bin per warp (most keys share a few top bins, so plain
+// per-element shared atomics serialize). Called by all 32 lanes together.
+__device__ __forceinline__ void hist_add(SelectShared& sh, bool valid, int d, uint64_t c, uint64_t w, bool mass) {
+  if (__ballot_sync(0xffffffffu, valid) == 0) return;
+  const unsigned peers = __match_any_sync(0xffffffffu, valid ? d : -1);
+  if (mass) w = reduce_peers(peers, w);
+  if (valid && int(threadIdx.x & 31) == __ffs(peers) - 1) {
+    atomicAdd(&sh.count[d], unsigned(__popc(peers)));
+    sh.last[d] = c;  // the bin's key when it holds one element
+    if (mass && w) atomicAdd(&sh.weight[d], (unsigned long long)w);
+  }
+}
+
 // How block_select turns the total weight into its target.
 enum class Target { kGiven, kCeilFraction, kFloorFraction };
 
@@ -138,20 +179,22 @@ __device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared&
     }
     if (threadIdx.x == 0) sh.digit = -1;
     __syncthreads();
-    for (int i = threadIdx.x; i < f.n; i += blockDim.x) {
-      uint64_t c, w;
-      if (!element(
-              f, i, [&](uint64_t k) { return used == 0 || (k >> (64 - used)) == prefix; }, c, w))
-        continue;
-      const int d = int((c >> shift) & uint64_t(nb - 1));
-      sh.last[d] = c;
-      atomicAdd(&sh.count[d], 1u);
-      if (w) atomicAdd(&sh.weight[d], (unsigned long long)w);
+    // Warp-uniform trip count: lanes past n take part as invalid.
+    for (int base = int(threadIdx.x & ~31u); base < f.n; base += blockDim.x) {
+      const int i = base + int(threadIdx.x & 31);
+      uint64_t c = 0, w = 0;
+      const bool valid =
+          i < f.n && element(
+                         f, i, [&](uint64_t k) { return used == 0 || (k >> (64 - used)) == prefix; }, c, w);
+      hist_add(sh, valid, int((c >> shift) & uint64_t(nb - 1)), c, w, f.mass);
     }
     __syncthreads();
-    // Positions 2t, 2t + 1 in descending digit order.
+    // Positions 2t, 2t + 1 in descending digit order (count-weighted selects
+    // read the counts: every weight is 1).
     const int p0 = 2 * int(threadIdx.x);
-    const uint64_t w0 = p0 < nb ? sh.weight[nb - 1 - p0] : 0, w1 = p0 + 1 < nb ? sh.weight[nb - 2 - p0] : 0;
+    const unsigned long long* wt = f.mass ? sh.weight : nullptr;
+    const auto bin_w = [&](int b) -> uint64_t { return wt ? wt[b] : uint64_t(sh.count[b]); };
+    const uint64_t w0 = p0 < nb ? bin_w(nb - 1 - p0) : 0, w1 = p0 + 1 < nb ? bin_w(nb - 2 - p0) : 0;
     const uint64_t incl = block_scan(w0 + w1), excl = incl - (w0 + w1);
     if (how != Target::kGiven && used == 0) {
       if (threadIdx.x == blockDim.x - 1) sh.total = incl;
@@ -173,7 +216,7 @@ __device__ uint64_t block_select(const Filter& f, uint64_t target, SelectShared&
       for (int d = 0; d < nb; ++d)
         if (sh.count[d] > 0) {
           sh.digit = d;
-          sh.target = sh.weight[d] > 0 ? sh.weight[d] - 1 : 0;
+          sh.target = bin_w(d) > 0 ? bin_w(d) - 1 : 0;
           break;
         }
     }
