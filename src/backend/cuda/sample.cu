@@ -54,14 +54,16 @@ struct Part {
   __device__ int stride() const { return size * int(blockDim.x); }
 };
 
-// A barrier over the row's CTAs (release/acquire at cluster scope: global
-// and shared writes before it are seen after it); a block barrier alone.
-__device__ __forceinline__ void part_sync(const Part& p) {
+// A barrier over the row's CTAs (release/acquire at cluster scope: shared
+// writes before it are seen after it; `row`: also writes to the row in global
+// memory, with GPU-scope fences on both sides against stale L1 lines); a block
+// barrier alone.
+__device__ __forceinline__ void part_sync(const Part& p, bool row = false) {
 #if __CUDA_ARCH__ >= 900
   if (p.size > 1) {
-    __threadfence();
+    if (row) __threadfence();
     cooperative_groups::this_cluster().sync();
-    __threadfence();  // acquire side too: no stale L1 line of the row
+    if (row) __threadfence();
     return;
   }
 #endif
@@ -407,7 +409,7 @@ __global__ __launch_bounds__(kThreads, kClustered ? 1 : 2) void sample_rows_kern
     const int pb = penalize ? a.penalty_begin : 0, pe = penalize ? a.penalty_end : 0;
     const bool modify = pe > pb || a.banned_end > a.banned_begin;
     if (modify) {
-      part_sync(p);  // every CTA's reads of the raw row are done
+      part_sync(p, true);  // every CTA's reads of the raw row are done
       if (owner) {
         for (int i = pb + int(threadIdx.x); i < pe; i += blockDim.x) saved[i] = x[pen_tok[i]];
         for (int i = a.banned_begin + int(threadIdx.x); i < a.banned_end; i += blockDim.x)
@@ -426,7 +428,7 @@ __global__ __launch_bounds__(kThreads, kClustered ? 1 : 2) void sample_rows_kern
             l = __fsub_rn(l, __fadd_rn(a.presence_penalty, __fmul_rn(a.frequency_penalty, float(pen_cnt[i]))));
           x[pen_tok[i]] = l;
         }
-      part_sync(p);  // the modified row is seen by every CTA
+      part_sync(p, true);  // the modified row is seen by every CTA
     }
     if (a.temperature == 0.0f) {
       token = part_argmax(p, x, n);
@@ -442,13 +444,13 @@ __global__ __launch_bounds__(kThreads, kClustered ? 1 : 2) void sample_rows_kern
       token = key_index(part_select(p, f, 0, sh, Target::kFloorFraction, a.uniform));
     }
     if (modify && want_lp) {  // logprobs and rank from the raw row
-      part_sync(p);
+      part_sync(p, true);
       if (owner) {
         for (int i = pb + int(threadIdx.x); i < pe; i += blockDim.x) x[pen_tok[i]] = saved[i];
         for (int i = a.banned_begin + int(threadIdx.x); i < a.banned_end; i += blockDim.x)
           x[banned[i]] = saved[n_pen + i];
       }
-      part_sync(p);
+      part_sync(p, true);
     }
   }
   if (want_lp) {
