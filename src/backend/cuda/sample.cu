@@ -477,8 +477,9 @@ cudaError_t launch_sample_rows(float* logits, int64_t m, int64_t vocab, const Sa
                                const int32_t* penalty_tokens, const int32_t* output_counts, int32_t n_pen,
                                const int32_t* banned, float* saved, SampleResult* out, cudaStream_t stream) {
   if (m == 0) return cudaSuccess;
-  // Small batches: a cluster of CTAs per row (sm_90+), about two CTAs per SM
-  // in all; large ones: one CTA per row.
+  // Small batches: a cluster of 2-8 CTAs per row (sm_90 code and device), at
+  // most one CTA per SM in all (a clustered CTA takes a whole SM's registers);
+  // larger ones: one CTA per row, two per SM.
   int dev = 0, major = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
