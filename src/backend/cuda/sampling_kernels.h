@@ -36,10 +36,11 @@ struct SampleResult {
   int32_t top_ids[kSampleMaxTop];
   float top_logprobs[kSampleMaxTop];
 };
-// One CTA per row of logits [m, vocab] F32 (modified in place by bans and
-// penalties; restored when the row reports logprobs). penalty_tokens /
-// output_counts: [n_pen]; banned: [n_ban]; saved: [n_pen + n_ban] F32 scratch;
-// out: [m]. Deterministic: masses are fixed-point integers.
+// One CTA (small m on sm_90: a cluster of up to 8) per row of logits
+// [m, vocab] F32 (modified in place by bans and penalties; restored when the
+// row reports logprobs). penalty_tokens / output_counts: [n_pen]; banned:
+// [n_ban]; saved: [n_pen + n_ban] F32 scratch; out: [m]. Deterministic:
+// masses are fixed-point integers.
 cudaError_t launch_sample_rows(float* logits, int64_t m, int64_t vocab, const SampleRowArgs* rows,
                                const int32_t* penalty_tokens, const int32_t* output_counts, int32_t n_pen,
                                const int32_t* banned, float* saved, SampleResult* out, cudaStream_t stream);
