@@ -140,10 +140,18 @@ size_t TensorParallelModel::weight_bytes() const {
 }
 
 void TensorParallelModel::send_remote(Op op, const Wire& args) {
+  if (remotes_.empty()) return;
   Wire w;
   w.put(uint32_t(op));
   const std::string msg = w.bytes() + args.bytes();
   for (Socket& s : remotes_) s.send_message(msg);
+}
+
+void TensorParallelModel::send_step(const BatchInput& batch) {
+  if (remotes_.empty()) return;  // one node: nothing to encode on the step's path
+  Wire args;
+  encode_batch(args, batch);
+  send_remote(Op::Forward, args);
 }
 
 uint64_t TensorParallelModel::wait_remote() {
@@ -181,9 +189,7 @@ Tensor TensorParallelModel::forward(std::span<const int32_t>, KvCache&, bool) {
 }
 
 Tensor TensorParallelModel::forward_batch(const BatchInput& batch, PagedKvCache& cache) {
-  Wire args;
-  encode_batch(args, batch);
-  send_remote(Op::Forward, args);
+  send_step(batch);
   std::vector<Tensor> out(ranks_.size());
   on_ranks_then_remote([&](int r) {
     Tensor t = ranks_[size_t(r)]->forward_batch(batch, shard_of(cache, r));
@@ -193,9 +199,7 @@ Tensor TensorParallelModel::forward_batch(const BatchInput& batch, PagedKvCache&
 }
 
 std::vector<int32_t> TensorParallelModel::forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) {
-  Wire args;
-  encode_batch(args, batch);
-  send_remote(Op::Forward, args);
+  send_step(batch);
   std::vector<int32_t> ids;
   on_ranks_then_remote([&](int r) {
     std::vector<int32_t> v = ranks_[size_t(r)]->forward_batch_argmax(batch, shard_of(cache, r));
@@ -206,9 +210,7 @@ std::vector<int32_t> TensorParallelModel::forward_batch_argmax(const BatchInput&
 
 std::vector<ops::SampledToken> TensorParallelModel::forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
                                                                          ops::SampleBatch& sample) {
-  Wire args;
-  encode_batch(args, batch);
-  send_remote(Op::Forward, args);
+  send_step(batch);
   std::vector<ops::SampledToken> out;
   on_ranks_then_remote([&](int r) {
     if (r == 0)

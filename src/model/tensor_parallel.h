@@ -65,6 +65,8 @@ class TensorParallelModel : public Model {
   enum class Op : uint32_t;
   // Node 0: sends a call to every other node, before the local ranks run it.
   void send_remote(Op op, const Wire& args);
+  // Node 0: sends a step (Op::Forward with the batch) to the other nodes.
+  void send_step(const BatchInput& batch);
   // Node 0: waits for every other node's answer; rethrows a node's error;
   // returns the largest value answered.
   uint64_t wait_remote();
