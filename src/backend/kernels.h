@@ -26,7 +26,7 @@ struct Kernels {
   // hints arrive resolved: max_query_len and max_context_len are >= 0.
   void (*paged_attention)(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
                           const Tensor& context_lens, const Tensor& block_tables, float scale,
-                          const ops::PagedAttentionHints& hints, Tensor& out) = nullptr;
+                          const ops::PagedAttentionHints& hints, int64_t sliding_window, Tensor& out) = nullptr;
   void (*write_kv_cache)(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache,
                          Tensor& v_cache) = nullptr;
   void (*silu_mul)(const Tensor& gate, const Tensor& up, Tensor& out) = nullptr;

@@ -73,20 +73,22 @@ inline void expect_close(const std::vector<float>& got, const std::vector<double
 }
 
 // Causal GQA attention in float64 (see ops::attention): out and the error
-// scale sum_j p_j |v_j| per element.
+// scale sum_j p_j |v_j| per element. With window W >= 1 (a sliding window)
+// the query at position p sees only keys j with p - W < j <= p.
 // q: [n_q, n_heads, hd]; k, v: [n_kv, n_kv_heads, hd]; out: [n_q, n_heads, hd].
 inline void reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, double scale,
-                                std::vector<double>& out, std::vector<double>& err_scale) {
+                                std::vector<double>& out, std::vector<double>& err_scale, int64_t window = 0) {
   const int64_t n_q = q.dim(0), nh = q.dim(1), hd = q.dim(2), nkv = k.dim(1), group = nh / nkv;
   std::vector<double> qd = to_doubles(q), kd = to_doubles(k), vd = to_doubles(v);
   out.assign(size_t(n_q * nh * hd), 0.0);
   err_scale.assign(out.size(), 0.0);
   for (int64_t i = 0; i < n_q; ++i)
     for (int64_t h = 0; h < nh; ++h) {
-      const int64_t g = h / group, len = q_start + i + 1;
-      std::vector<double> s(static_cast<size_t>(len));
+      const int64_t g = h / group, pos = q_start + i, len = pos + 1;
+      std::vector<double> s(static_cast<size_t>(len), -std::numeric_limits<double>::infinity());
       double mx = -std::numeric_limits<double>::infinity();
       for (int64_t j = 0; j < len; ++j) {
+        if (window > 0 && pos - j >= window) continue;  // outside the window: weight 0
         double d = 0;
         for (int64_t t = 0; t < hd; ++t) d += qd[size_t((i * nh + h) * hd + t)] * kd[size_t((j * nkv + g) * hd + t)];
         s[size_t(j)] = d * scale;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -185,7 +186,7 @@ TEST(PagedAttention, MatchesFloat64ReferenceAndContiguousAttentionAtEverySimdLev
       for (cpu::SimdLevel level : test::simd_levels()) {
         const std::string what = name + " simd=" + cpu::simd_name(level);
         Tensor out = test::nan_tensor({b.layout.n_tokens, hh.n_heads, hh.hd});
-        cpu::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale, out,
+        cpu::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale, 0, out,
                              level);
         test::expect_close(out.to_floats(), want, err_scale, 2e-5, 1e-7, what);
         expect_bitwise_contiguous(b, out, scale, level, what);
@@ -227,6 +228,149 @@ TEST(PagedAttention, DecodeStepsEqualOnePrefill) {
     Tensor one = Tensor::empty({1, nh, hd}, DType::F32);
     ops::paged_attention(b.q.slice(0, i, i + 1), b.k_cache, b.v_cache, test::i32_tensor({2}, {0, 1}),
                          test::i32_tensor({1}, {int32_t(i + 1)}), b.block_tables, 0.125f, one);
+    EXPECT_EQ(one.to_floats(), full.slice(0, i, i + 1).to_floats()) << "query " << i;
+  }
+}
+
+// ---- sliding window ----------------------------------------------------------
+
+// The first key position the query at position pos sees with window w.
+int64_t first_visible(int64_t pos, int64_t w) { return w > 0 ? std::max<int64_t>(0, pos - w + 1) : 0; }
+
+// The float64 reference with a window, sequence by sequence.
+void window_reference(const PagedBatch& b, float scale, int64_t window, std::vector<double>& want,
+                      std::vector<double>& err_scale) {
+  want.clear();
+  err_scale.clear();
+  for (size_t s = 0; s < b.layout.seqs.size(); ++s) {
+    if (b.layout.seqs[s].n_q == 0) continue;
+    std::vector<double> w, e;
+    test::reference_attention(b.q_of(s), b.k[s], b.v[s], b.q_start_of(s), scale, w, e, window);
+    want.insert(want.end(), w.begin(), w.end());
+    err_scale.insert(err_scale.end(), e.begin(), e.end());
+  }
+}
+
+// Each query row of out must equal cpu::attention over exactly its window's
+// keys (contiguous), bit for bit: the same keys in the same order.
+void expect_bitwise_window(const PagedBatch& b, const Tensor& out, float scale, int64_t window, cpu::SimdLevel level,
+                           const std::string& what) {
+  for (size_t s = 0; s < b.layout.seqs.size(); ++s)
+    for (int64_t i = 0; i < b.layout.seqs[s].n_q; ++i) {
+      const int64_t pos = b.q_start_of(s) + i, first = first_visible(pos, window), t = b.layout.starts[s] + i;
+      Tensor want = test::nan_tensor({1, b.n_heads, b.hd});
+      cpu::attention(b.q.slice(0, t, t + 1), b.k[s].slice(0, first, pos + 1), b.v[s].slice(0, first, pos + 1),
+                     pos - first, scale, want, level);
+      EXPECT_EQ(out.slice(0, t, t + 1).to_floats(), want.to_floats()) << what << " sequence " << s << " query " << i;
+    }
+}
+
+TEST(PagedAttention, SlidingWindowMatchesFloat64Reference) {
+  struct Heads {
+    int64_t n_heads, n_kv_heads, hd;
+  };
+  const std::vector<Heads> heads = {{6, 2, 64}, {4, 4, 128}, {3, 1, 33}};
+  uint32_t seed = 9100;
+  for (int64_t bs : {1, 5, 16})
+    for (const Heads& hh : heads) {
+      seed += 100;
+      std::mt19937 rng(seed);
+      const PagedBatch b = make_batch(mixed_seqs(rng, bs), bs, hh.n_heads, hh.n_kv_heads, hh.hd, seed);
+      const float scale = 1.0f / std::sqrt(float(hh.hd));
+      int64_t max_ctx = 0, some_ctx = 0;
+      for (const SeqSpec& sp : b.layout.seqs) {
+        max_ctx = std::max(max_ctx, sp.ctx);
+        if (sp.n_q > 0 && sp.ctx > 1) some_ctx = sp.ctx;
+      }
+      // Windows of one key, smaller than most contexts, a block, equal to a
+      // context (and to the longest), and longer than every context.
+      for (int64_t window : {int64_t(1), int64_t(2), int64_t(7), bs, int64_t(37), some_ctx, max_ctx, max_ctx + 9}) {
+        const std::string name = fmt::format("{} window={}", case_name(b), window);
+        std::vector<double> want, err_scale;
+        window_reference(b, scale, window, want, err_scale);
+        for (cpu::SimdLevel level : test::simd_levels()) {
+          const std::string what = name + " simd=" + cpu::simd_name(level);
+          Tensor out = test::nan_tensor({b.layout.n_tokens, hh.n_heads, hh.hd});
+          cpu::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale, window,
+                               out, level);
+          test::expect_close(out.to_floats(), want, err_scale, 2e-5, 1e-7, what);
+          expect_bitwise_window(b, out, scale, window, level, what);
+        }
+        Tensor out = test::nan_tensor({b.layout.n_tokens, hh.n_heads, hh.hd});
+        ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale,
+                             ops::PagedAttentionHints{}, window, out);
+        test::expect_close(out.to_floats(), want, err_scale, 2e-5, 1e-7, name + " via ops");
+        expect_bitwise_window(b, out, scale, window, cpu::simd_level(), name + " via ops");
+      }
+    }
+}
+
+TEST(PagedAttention, SlidingWindowCoveringTheContextIsNoWindow) {
+  // Window 0, and any window at least as long as every context, give the
+  // default overloads' result bit for bit.
+  std::mt19937 rng(9500);
+  const PagedBatch b = make_batch(mixed_seqs(rng, 5), 5, 6, 2, 64, 9501);
+  const float scale = 0.125f;
+  const int64_t n = b.layout.n_tokens;
+  Tensor base = test::nan_tensor({n, 6, 64});
+  ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale, base);
+  int64_t max_ctx = 0;
+  for (const SeqSpec& sp : b.layout.seqs) max_ctx = std::max(max_ctx, sp.ctx);
+  for (int64_t window : {int64_t(0), max_ctx, max_ctx + 1, int64_t(1) << 40}) {
+    Tensor out = test::nan_tensor({n, 6, 64});
+    ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale,
+                         ops::PagedAttentionHints{}, window, out);
+    EXPECT_EQ(out.to_floats(), base.to_floats()) << "window " << window;
+  }
+  Tensor out = test::nan_tensor({n, 6, 64});
+  ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale,
+                       ops::PagedAttentionHints{}, out);
+  EXPECT_EQ(out.to_floats(), base.to_floats()) << "hints overload";
+}
+
+TEST(PagedAttention, SlidingWindowNeverReadsKeysBeforeTheWindow) {
+  // Every cache row before a sequence's first query's window is set to NaN:
+  // the output is still exactly the unpoisoned one.
+  for (int64_t bs : {1, 5, 16}) {
+    std::mt19937 rng(uint32_t(9600 + bs));
+    const PagedBatch b = make_batch(mixed_seqs(rng, bs), bs, 4, 2, 32, uint32_t(9700 + bs));
+    const float scale = 0.2f;
+    const int64_t n = b.layout.n_tokens, row = 2 * 32;
+    for (int64_t window : {1, 3, 16, 50}) {
+      Tensor clean = test::nan_tensor({n, 4, 32});
+      ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, scale,
+                           ops::PagedAttentionHints{}, window, clean);
+      Tensor kc = b.k_cache.to(kCpu), vc = b.v_cache.to(kCpu);
+      int64_t poisoned = 0;
+      for (size_t s = 0; s < b.layout.seqs.size(); ++s) {
+        if (b.layout.seqs[s].n_q == 0) continue;
+        for (int64_t p = 0; p < first_visible(b.q_start_of(s), window); ++p, ++poisoned) {
+          std::fill_n(kc.data_as<float>() + b.layout.slot(s, p) * row, row, NAN);
+          std::fill_n(vc.data_as<float>() + b.layout.slot(s, p) * row, row, NAN);
+        }
+      }
+      EXPECT_GT(poisoned, 0) << "block_size " << bs << " window " << window;
+      Tensor out = test::nan_tensor({n, 4, 32});
+      ops::paged_attention(b.q, kc, vc, b.query_start, b.context_lens, b.block_tables, scale,
+                           ops::PagedAttentionHints{}, window, out);
+      EXPECT_EQ(out.to_floats(), clean.to_floats()) << "block_size " << bs << " window " << window;
+    }
+  }
+}
+
+TEST(PagedAttention, SlidingWindowDecodeStepsEqualOnePrefill) {
+  // With a window too, the queries of one prefill equal single-query decode
+  // steps over growing contexts, bit for bit.
+  const int64_t n = 41, nh = 6, nkv = 2, hd = 64, window = 9;
+  const PagedBatch b = make_batch({{n, n}}, 4, nh, nkv, hd, 321);
+  Tensor full = test::nan_tensor({n, nh, hd});
+  ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, 0.125f,
+                       ops::PagedAttentionHints{}, window, full);
+  for (int64_t i = 0; i < n; ++i) {
+    Tensor one = test::nan_tensor({1, nh, hd});
+    ops::paged_attention(b.q.slice(0, i, i + 1), b.k_cache, b.v_cache, test::i32_tensor({2}, {0, 1}),
+                         test::i32_tensor({1}, {int32_t(i + 1)}), b.block_tables, 0.125f, ops::PagedAttentionHints{},
+                         window, one);
     EXPECT_EQ(one.to_floats(), full.slice(0, i, i + 1).to_floats()) << "query " << i;
   }
 }
@@ -281,7 +425,8 @@ TEST(WriteKvCache, RoundTripThenPagedAttentionEqualsContiguous) {
     EXPECT_EQ(bad, 0u) << "block_size " << bs;
     for (cpu::SimdLevel level : test::simd_levels()) {
       Tensor out = test::nan_tensor({l.n_tokens, nh, hd});
-      cpu::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, 0.2f, out, level);
+      cpu::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start, b.context_lens, b.block_tables, 0.2f, 0, out,
+                           level);
       expect_bitwise_contiguous(b, out, 0.2f, level, case_name(b) + " simd=" + cpu::simd_name(level));
     }
   }
@@ -366,6 +511,12 @@ TEST(PagedAttention, RejectsBadArguments) {
   EXPECT_NO_THROW(run(q, kc, vc, qs, cl, i32({2, 3}, {4, 0, 99, 2, -5, 1000}), 0.5f, out));
   expect_op_error(op, "scale", [&] { run(q, kc, vc, qs, cl, bt, NAN, out); });
   expect_op_error(op, "scale", [&] { run(q, kc, vc, qs, cl, bt, INFINITY, out); });
+  // sliding_window: 0 (none) and any W >= 1 are fine, negative is refused.
+  for (int64_t w : {0, 1, 3, 100})
+    EXPECT_NO_THROW(ops::paged_attention(q, kc, vc, qs, cl, bt, 0.5f, ops::PagedAttentionHints{}, w, out));
+  for (int64_t w : {int64_t(-1), int64_t(-100), std::numeric_limits<int64_t>::min()})
+    expect_op_error(op, "sliding_window",
+                    [&] { ops::paged_attention(q, kc, vc, qs, cl, bt, 0.5f, ops::PagedAttentionHints{}, w, out); });
   expect_op_error(op, "out", [&] {
     Tensor o = f32({3, 6, 9});
     run(q, kc, vc, qs, cl, bt, 0.5f, o);

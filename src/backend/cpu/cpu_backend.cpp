@@ -119,8 +119,8 @@ void register_kernels(Kernels& table) {
     attention(q, k, v, q_start, scale, out, simd_level());
   };
   table.paged_attention = [](const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& qs, const Tensor& cl,
-                             const Tensor& bt, float scale, const ops::PagedAttentionHints&,
-                             Tensor& out) { paged_attention(q, kc, vc, qs, cl, bt, scale, out, simd_level()); };
+                             const Tensor& bt, float scale, const ops::PagedAttentionHints&, int64_t window,
+                             Tensor& out) { paged_attention(q, kc, vc, qs, cl, bt, scale, window, out, simd_level()); };
   table.write_kv_cache = [](const Tensor& k, const Tensor& v, const Tensor& slots, Tensor& kc, Tensor& vc) {
     write_kv_cache(k, v, slots, kc, vc);
   };

@@ -22,8 +22,10 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float atte
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale, Tensor& out,
                SimdLevel level);
 // Same code per (query, head) as attention: bitwise equal for the same keys.
+// sliding_window: 0 (none) or W >= 1 (keys (p - W, p] only; see ops/paged_attention.h).
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
-                     const Tensor& context_lens, const Tensor& block_tables, float scale, Tensor& out, SimdLevel level);
+                     const Tensor& context_lens, const Tensor& block_tables, float scale, int64_t sliding_window,
+                     Tensor& out, SimdLevel level);
 // Row copies only: one path for every level.
 void write_kv_cache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
 void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out, SimdLevel level);

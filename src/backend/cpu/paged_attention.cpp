@@ -1,7 +1,8 @@
 // Causal grouped-query attention over a paged KV cache. Each (token, head)
 // runs detail::attend_row with one span per cache block, the same code
 // cpu::attention runs over one contiguous span, so for the same keys in the
-// same order the two give bitwise equal results.
+// same order the two give bitwise equal results. With a sliding window the
+// spans start at the first visible key: keys before it are never read.
 #include <algorithm>
 
 #include "backend/cpu/attention_core.h"
@@ -12,8 +13,8 @@
 namespace kite::cpu {
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
-                     const Tensor& context_lens, const Tensor& block_tables, float scale, Tensor& out,
-                     SimdLevel level) {
+                     const Tensor& context_lens, const Tensor& block_tables, float scale, int64_t sliding_window,
+                     Tensor& out, SimdLevel level) {
   const VecOps& ops = vec_ops(level);
   const int64_t n_tokens = q.dim(0), n_heads = q.dim(1), hd = q.dim(2);
   const int64_t block_size = k_cache.dim(1), n_kv_heads = k_cache.dim(2);
@@ -39,14 +40,19 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
       const int64_t t = item / n_heads, h = item % n_heads, g = h / group;
       while (qs[s + 1] <= t) ++s;
       const int64_t n_q = qs[s + 1] - qs[s], i = t - qs[s];
-      const int64_t len = cl[s] - n_q + i + 1;  // key positions [0, len)
+      const int64_t len = cl[s] - n_q + i + 1;  // the query sits at position len - 1
+      // Visible keys: positions [first, len); the window keeps the last W.
+      const int64_t first = sliding_window > 0 ? std::max<int64_t>(0, len - sliding_window) : 0;
+      const int64_t b0 = first / block_size;  // the block of the first visible key
       const int32_t* table = bt + s * max_blocks;
-      const auto span = [&](int64_t b) {
-        const int64_t base = int64_t(table[b]) * block_stride + g * hd;
-        return detail::KvSpan{pk + base, pv + base, std::min(block_size, len - b * block_size)};
+      // Span j: the visible keys of block b0 + j.
+      const auto span = [&](int64_t j) {
+        const int64_t b = b0 + j, lo = std::max(first, b * block_size), hi = std::min(len, (b + 1) * block_size);
+        const int64_t base = int64_t(table[b]) * block_stride + (lo - b * block_size) * kv_row + g * hd;
+        return detail::KvSpan{pk + base, pv + base, hi - lo};
       };
-      detail::attend_row(ops, pq + (t * n_heads + h) * hd, (len + block_size - 1) / block_size, span, len, kv_row, hd,
-                         scale, scores, po + (t * n_heads + h) * hd);
+      detail::attend_row(ops, pq + (t * n_heads + h) * hd, (len + block_size - 1) / block_size - b0, span, len - first,
+                         kv_row, hd, scale, scores, po + (t * n_heads + h) * hd);
     }
   });
 }

@@ -29,7 +29,7 @@ inline void check(cudaError_t e, const char* what) {
 // The kernel-table entries (arguments already checked by backend/ops/).
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
                      const Tensor& context_lens, const Tensor& block_tables, float scale,
-                     const ops::PagedAttentionHints& hints, Tensor& out);
+                     const ops::PagedAttentionHints& hints, int64_t sliding_window, Tensor& out);
 void write_kv_cache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
 void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
                          float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);

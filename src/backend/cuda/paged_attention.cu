@@ -491,8 +491,11 @@ void run(const Params& base, int64_t n_tokens, const ops::PagedAttentionHints& h
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
                      const Tensor& context_lens, const Tensor& block_tables, float scale,
-                     const ops::PagedAttentionHints& hints, Tensor& out) {
+                     const ops::PagedAttentionHints& hints, int64_t sliding_window, Tensor& out) {
   const int64_t n_tokens = q.dim(0), head_dim = q.dim(2);
+  if (sliding_window != 0)
+    fail("op paged_attention", "sliding_window", "expected 0 on cuda (a sliding window runs on the cpu only), got {}",
+         sliding_window);
   if (n_tokens == 0) return;
   const Device device = q.device();
   for (const auto& [arg, ptr] : {std::pair<const char*, const void*>{"q", q.data()},

@@ -10,12 +10,18 @@ namespace kite::ops {
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
                      const Tensor& context_lens, const Tensor& block_tables, float scale, Tensor& out) {
-  paged_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, PagedAttentionHints{}, out);
+  paged_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, PagedAttentionHints{}, 0, out);
 }
 
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
                      const Tensor& context_lens, const Tensor& block_tables, float scale,
                      const PagedAttentionHints& hints, Tensor& out) {
+  paged_attention(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, hints, 0, out);
+}
+
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
+                     const Tensor& context_lens, const Tensor& block_tables, float scale,
+                     const PagedAttentionHints& hints, int64_t sliding_window, Tensor& out) {
   const detail::OpCheck c("paged_attention");
   const char* cache_layout = "[num_blocks, block_size, n_kv_heads, head_dim]";
   // The CPU computes in F32; the CUDA kernels read and write BF16.
@@ -54,6 +60,10 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
   if (!std::isfinite(scale)) c.fail_arg("scale", fmt::format("expected a finite scale, got {}", scale));
   if (hints.kv_splits < 0)
     c.fail_arg("hints", fmt::format("expected kv_splits >= 0 (0: chosen by the backend), got {}", hints.kv_splits));
+  if (sliding_window < 0)
+    c.fail_arg("sliding_window",
+               fmt::format("expected a sliding window >= 0 (0: no window, W: keys (p - W, p] visible), got {}",
+                           sliding_window));
 
   c.tensor("out", out, 3, "[n_tokens, n_heads, head_dim]", {dt});
   for (int i = 0; i < 3; ++i) c.dim("out", out, i, q.dim(i), "shape of q");
@@ -110,7 +120,7 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
     if (resolved.max_context_len < 0) resolved.max_context_len = max_len;
   }
   c.kernel(q.device(), &Kernels::paged_attention)(q, k_cache, v_cache, query_start, context_lens, block_tables, scale,
-                                                  resolved, out);
+                                                  resolved, sliding_window, out);
 }
 
 }  // namespace kite::ops

@@ -53,6 +53,19 @@ struct PagedAttentionHints {
 // then still never read or write outside the tensors, but malformed indices
 // give unspecified output instead of an error.
 // Hints that are too small or too large only cost speed, never correctness.
+//
+// Sliding window (Mistral, Qwen2 with use_sliding_window; HF transformers'
+// convention): with sliding_window = W >= 1, the query at position p attends
+// only to key positions (p - W, p], i.e. [max(0, p - W + 1), p]: key k is
+// visible iff p - W < k <= p. W = 1 sees its own key only; W at least the
+// context length sees everything, as W = 0 (no window) does. Keys outside
+// the window are not read (a long context with a small window costs about W
+// keys per query), though block_tables must still be valid for the whole
+// context. A negative window raises kite::Error.
+void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
+                     const Tensor& context_lens, const Tensor& block_tables, float scale,
+                     const PagedAttentionHints& hints, int64_t sliding_window, Tensor& out);
+// sliding_window = 0 (every earlier key visible).
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
                      const Tensor& context_lens, const Tensor& block_tables, float scale, Tensor& out);
 void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& query_start,
