@@ -135,9 +135,12 @@ ops::PagedAttentionHints exact_hints(const Batch& b, int64_t splits) {
   return h;
 }
 
-std::vector<float> gpu_attention(const GpuBatch& g, float scale, const ops::PagedAttentionHints& hints) {
+// window: the sliding window (0: none).
+std::vector<float> gpu_attention(const GpuBatch& g, float scale, const ops::PagedAttentionHints& hints,
+                                 int64_t window = 0) {
   Tensor out = Tensor::empty(g.q.shape(), DType::BF16, kGpu);
-  ops::paged_attention(g.q, g.k_cache, g.v_cache, g.query_start, g.context_lens, g.block_tables, scale, hints, out);
+  ops::paged_attention(g.q, g.k_cache, g.v_cache, g.query_start, g.context_lens, g.block_tables, scale, hints, window,
+                       out);
   return out.to_floats();
 }
 
@@ -146,14 +149,16 @@ struct Expected {
   std::vector<float> out, abs_sum;
 };
 
-Expected cpu_expected(const Batch& b, float scale) {
+Expected cpu_expected(const Batch& b, float scale, int64_t window = 0) {
   Expected e;
   Tensor out = Tensor::empty({b.n_tokens, b.nh, b.hd}, DType::F32);
-  ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start(), b.context_lens(), b.block_tables(), scale, out);
+  ops::paged_attention(b.q, b.k_cache, b.v_cache, b.query_start(), b.context_lens(), b.block_tables(), scale,
+                       ops::PagedAttentionHints{}, window, out);
   e.out = out.to_floats();
   Tensor v_abs = b.v_cache.to(kCpu);
   for (int64_t i = 0; i < v_abs.numel(); ++i) v_abs.data_as<float>()[i] = std::fabs(v_abs.data_as<float>()[i]);
-  ops::paged_attention(b.q, b.k_cache, v_abs, b.query_start(), b.context_lens(), b.block_tables(), scale, out);
+  ops::paged_attention(b.q, b.k_cache, v_abs, b.query_start(), b.context_lens(), b.block_tables(), scale,
+                       ops::PagedAttentionHints{}, window, out);
   e.abs_sum = out.to_floats();
   return e;
 }
@@ -177,15 +182,18 @@ void expect_matches(const std::vector<float>& got, const Expected& want, const s
                      << worst << ")";
 }
 
-// Runs the batch on the GPU with the given split settings and compares.
-void check_batch(const Batch& b, const std::vector<int64_t>& split_modes, const std::string& label) {
+// Runs the batch on the GPU with the given split settings (and sliding
+// window, 0: none) and compares.
+void check_batch(const Batch& b, const std::vector<int64_t>& split_modes, const std::string& label,
+                 int64_t window = 0) {
   const float scale = 1.0f / std::sqrt(float(b.hd));
-  const Expected want = cpu_expected(b, scale);
+  const Expected want = cpu_expected(b, scale, window);
   const GpuBatch g(b);
   for (int64_t splits : split_modes) {
     const std::string what =
-        fmt::format("{} {} splits={}", label, b.name(), splits == 0 ? "auto" : std::to_string(splits));
-    expect_matches(gpu_attention(g, scale, exact_hints(b, splits)), want, what);
+        fmt::format("{} {} splits={}{}", label, b.name(), splits == 0 ? "auto" : std::to_string(splits),
+                    window > 0 ? fmt::format(" window={}", window) : "");
+    expect_matches(gpu_attention(g, scale, exact_hints(b, splits), window), want, what);
   }
 }
 
@@ -318,6 +326,7 @@ TEST(CudaPagedAttention, EveryKeyCountsOnceAndOnlyWhereVisible) {
     std::vector<SeqSpec> seqs;
     int64_t splits;
     std::vector<int64_t> needles;  // key positions of sequence 0
+    int64_t window = 0;            // sliding window (0: none)
   };
   const Case cases[] = {
       {{{1, 1000}}, 7, {0, 1, 15, 16, 63, 64, 143, 144, 500, 999}},  // splits of 144 keys
@@ -326,13 +335,21 @@ TEST(CudaPagedAttention, EveryKeyCountsOnceAndOnlyWhereVisible) {
        1,
        {0, 300, 559, 560, 565, 599}},  // chunked prefill: rows 560.. see keys <= their position
       {{{40, 600}}, 3, {63, 64, 200, 575, 576, 590}},
+      // Sliding windows: keys just outside (never seen), the first visible
+      // key, the first key of the tile holding it, and the newest.
+      {{{1, 1000}}, 7, {0, 895, 896, 899, 900, 999}, 100},  // keys [900, 1000): splits of 16 keys
+      {{{1, 8192}, {1, 40}}, 0, {0, 7935, 7936, 8191}, 256},
+      {{{1, 8192}}, 4, {8190, 8191}, 1},
+      {{{40, 600}, {1, 30}}, 1, {500, 520, 521, 559, 560, 599}, 40},  // row i sees [521 + i, 560 + i]
+      {{{40, 600}}, 3, {63, 64, 511, 512, 530, 559, 575, 590}, 64},
+      {{{300, 300}}, 2, {0, 1, 63, 64, 127, 128, 200, 299}, 65},
   };
   uint32_t seed = 6000;
   for (const Case& c : cases)
     for (int64_t hd : {64, 128}) {
       Batch b = make_batch(c.seqs, 16, 8, 2, hd, ++seed);
       const float scale = 1.0f / std::sqrt(float(hd));
-      const Expected base = cpu_expected(b, scale);
+      const Expected base = cpu_expected(b, scale, c.window);
       GpuBatch g(b);
       const int64_t row = b.nkv * hd;
       for (int64_t p : c.needles) {
@@ -343,13 +360,14 @@ TEST(CudaPagedAttention, EveryKeyCountsOnceAndOnlyWhereVisible) {
         Tensor gpu_rows = g.v_cache.reshape({b.num_blocks * b.bs, row});
         Tensor gpu_row = gpu_rows.slice(0, slot, slot + 1);
         gpu_row.copy_from(Tensor::from_floats({1, row}, std::vector<float>(size_t(row), 256.0f)).to_dtype(DType::BF16));
-        const Expected want = cpu_expected(b, scale);
-        const std::string what = fmt::format("{} needle at {} splits={}", b.name(), p, c.splits);
+        const Expected want = cpu_expected(b, scale, c.window);
+        const std::string what = fmt::format("{} needle at {} splits={} window={}", b.name(), p, c.splits, c.window);
         // The needle moves the rows that see it by far more than the tolerance,
         // and leaves the others exactly as they were.
         const int64_t n_q = c.seqs[0].n_q, per_token = b.nh * hd;
         for (int64_t i = 0; i < n_q; ++i) {
-          const bool sees = c.seqs[0].ctx - n_q + i >= p;
+          const int64_t pos = c.seqs[0].ctx - n_q + i;
+          const bool sees = pos >= p && (c.window == 0 || pos - p < c.window);
           double moved = 0;
           for (int64_t e = i * per_token; e < (i + 1) * per_token; ++e)
             moved = std::max(moved, std::fabs(double(want.out[size_t(e)]) - double(base.out[size_t(e)])) /
@@ -359,11 +377,107 @@ TEST(CudaPagedAttention, EveryKeyCountsOnceAndOnlyWhereVisible) {
           else
             EXPECT_EQ(moved, 0.0) << what << " query " << i;
         }
-        expect_matches(gpu_attention(g, scale, exact_hints(b, c.splits)), want, what);
+        expect_matches(gpu_attention(g, scale, exact_hints(b, c.splits), c.window), want, what);
         std::copy(saved.begin(), saved.end(), host_row);
         gpu_row.copy_from(Tensor::from_floats({1, row}, saved).to_dtype(DType::BF16));
       }
     }
+}
+
+// ---- sliding window -------------------------------------------------------------
+
+// Decode, prefill (fresh and chunked) and mixed batches with windows of one
+// key, around a tile (16 decode, 64 prefill keys), and longer than the
+// contexts; split-KV forced to 2 and 4 as well as chosen and off.
+TEST(CudaPagedAttention, SlidingWindowDecode) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  uint32_t seed = 11000;
+  for (int64_t hd : {64, 128}) {
+    std::mt19937 rng(++seed);
+    std::vector<SeqSpec> seqs = {{1, 8192}, {1, 1000}, {1, 100}, {1, 17}, {1, 16}, {1, 1}};
+    for (int i = 0; i < 6; ++i) seqs.push_back({1, std::uniform_int_distribution<int64_t>(1, 3000)(rng)});
+    const Batch b = make_batch(seqs, 16, 32, 8, hd, seed);
+    for (int64_t window : {1, 2, 15, 16, 17, 100, 1000, 4096, 8192, 10000})
+      check_batch(b, {0, 1, 2, 4}, "decode", window);
+  }
+}
+
+TEST(CudaPagedAttention, SlidingWindowPrefill) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  struct Heads {
+    int64_t nh, nkv;
+  };
+  const Heads heads[] = {{8, 8}, {16, 2}};  // GQA ratios 1 (128 tokens per CTA) and 8 (16 tokens)
+  uint32_t seed = 12000;
+  for (int64_t hd : {64, 128})
+    for (const Heads& h : heads) {
+      const Batch fresh = make_batch({{333, 333}}, 16, h.nh, h.nkv, hd, ++seed);
+      for (int64_t window : {1, 63, 64, 65, 200, 333, 1000}) check_batch(fresh, {0, 1, 2, 4}, "prefill", window);
+      const Batch chunked = make_batch({{100, 1000}, {64, 3000}, {5, 8192}}, 16, h.nh, h.nkv, hd, ++seed);
+      for (int64_t window : {1, 64, 129, 4096}) check_batch(chunked, {0, 1, 2, 4}, "chunked", window);
+    }
+}
+
+TEST(CudaPagedAttention, SlidingWindowMixedAndOtherBlockSizes) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  uint32_t seed = 13000;
+  for (int64_t hd : {64, 128})
+    for (int64_t scale : {1, 4}) {
+      std::mt19937 rng(++seed);
+      const Batch b = make_batch(mixed_seqs(rng, scale), 16, 16, 4, hd, seed);
+      for (int64_t window : {1, 5, 37, 300, 4000}) check_batch(b, {0, 1, 2, 4}, "mixed", window);
+    }
+  for (int64_t bs : {1, 5, 8, 32}) {
+    std::mt19937 rng(++seed);
+    const Batch b = make_batch(mixed_seqs(rng, 1), bs, 8, 2, 128, seed);
+    for (int64_t window : {1, 23, 100}) check_batch(b, {0, 1, 2, 4}, "mixed", window);
+  }
+}
+
+// Every cache row before the key tile holding a sequence's first visible key
+// (rounded down to 64 keys, the larger tile) is set to NaN in both caches:
+// the kernels must not read those rows, so the output still matches the
+// clean CPU result. Long contexts, small windows.
+TEST(CudaPagedAttention, SlidingWindowReadsOnlyTheWindow) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  uint32_t seed = 14000;
+  for (int64_t hd : {64, 128})
+    for (int64_t window : {1, 100, 256}) {
+      Batch b = make_batch({{1, 8192}, {64, 4000}, {1, 3000}, {200, 200}}, 16, 16, 4, hd, ++seed);
+      const float scale = 1.0f / std::sqrt(float(hd));
+      const Expected want = cpu_expected(b, scale, window);
+      const int64_t row = b.nkv * hd;
+      int64_t poisoned = 0;
+      for (size_t s = 0; s < b.seqs.size(); ++s) {
+        const int64_t first = std::max<int64_t>(0, b.seqs[s].ctx - b.seqs[s].n_q - window + 1);
+        for (int64_t p = 0; p < first / 64 * 64; ++p, ++poisoned) {
+          std::fill_n(b.k_cache.data_as<float>() + b.slot(s, p) * row, row, NAN);
+          std::fill_n(b.v_cache.data_as<float>() + b.slot(s, p) * row, row, NAN);
+        }
+      }
+      EXPECT_GT(poisoned, 8000) << window;
+      const GpuBatch g(b);
+      for (int64_t splits : {0, 1, 2, 4})
+        expect_matches(
+            gpu_attention(g, scale, exact_hints(b, splits), window), want,
+            fmt::format("{} window={} splits={} (rows before the window are NaN)", b.name(), window, splits));
+    }
+}
+
+// Window 0 and a window covering every context: the same result as the
+// overloads without a window, bit for bit (the same kernels on the same keys).
+TEST(CudaPagedAttention, SlidingWindowCoveringTheContextIsNoWindow) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(15000);
+  const Batch b = make_batch(mixed_seqs(rng, 2), 16, 16, 4, 128, 15001);
+  const GpuBatch g(b);
+  const float scale = 1.0f / std::sqrt(float(b.hd));
+  for (int64_t splits : {0, 1, 3}) {
+    const std::vector<float> base = gpu_attention(g, scale, exact_hints(b, splits));
+    for (int64_t window : {int64_t(0), b.max_ctx, b.max_ctx + 1, int64_t(1) << 40})
+      EXPECT_EQ(gpu_attention(g, scale, exact_hints(b, splits), window), base)
+          << b.name() << " splits=" << splits << " window=" << window;
+  }
 }
 
 TEST(CudaPagedAttention, EmptyStepsAndSequences) {
@@ -407,6 +521,8 @@ TEST(CudaPagedAttention, RejectsBadArguments) {
   expect_op_error(op, "hints", [&] {
     ops::paged_attention(q, kc, vc, qs, cl, bt, 0.5f, ops::PagedAttentionHints{1, 7, -1}, out);
   });
+  expect_op_error(op, "sliding_window",
+                  [&] { ops::paged_attention(q, kc, vc, qs, cl, bt, 0.5f, ops::PagedAttentionHints{}, -1, out); });
   // BF16 on the CPU is refused too.
   expect_op_error(op, "q", [&] {
     Tensor o = Tensor::zeros({3, 6, 64}, DType::BF16);

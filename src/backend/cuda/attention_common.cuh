@@ -121,11 +121,12 @@ struct WarpState {
 
   // One online-softmax step over kKeys keys held in swizzled [kKeys][kHeadDim]
   // tiles k_tile and v_tile; key j of the tile is position key0 + j. With
-  // `masked`, key position p is excluded from row r when p > pos[mt][r] or
-  // p >= key_end (pos: this thread's rows g and g+8 of each m-tile).
+  // `masked`, key position p is excluded from row r when p > pos[mt][r],
+  // p >= key_end, or (window > 0, a sliding window) pos[mt][r] - p >= window
+  // (pos: this thread's rows g and g+8 of each m-tile).
   template <int kKeys>
   __device__ __forceinline__ void step(const bf16* k_tile, const bf16* v_tile, int lane, float scale_log2, bool masked,
-                                       int key0, const int (&pos)[kMT][2], int key_end) {
+                                       int key0, const int (&pos)[kMT][2], int key_end, int window) {
     static_assert(kKeys % 16 == 0, "keys come in steps of 16");
     float s[kMT][kKeys / 8][4];
 #pragma unroll
@@ -171,7 +172,8 @@ struct WarpState {
           float v = s[mt][n][e] * scale_log2;
           if (masked) {
             const int p = key0 + n * 8 + 2 * t + (e & 1);
-            if (p > pos[mt][e >> 1] || p >= key_end) v = -INFINITY;
+            const int row_pos = pos[mt][e >> 1];
+            if (p > row_pos || p >= key_end || (window > 0 && row_pos - p >= window)) v = -INFINITY;
           }
           s[mt][n][e] = v;
           mx[e >> 1] = fmaxf(mx[e >> 1], v);

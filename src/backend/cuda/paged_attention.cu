@@ -18,11 +18,18 @@
 //  - Split-KV: when the batch alone would leave SMs idle, each query row's
 //    keys are cut into `splits` ranges; CTAs write normalized F32 partials
 //    and their log-sum-exp to a workspace and merge_kernel combines them.
+//  - Sliding window (Params::window = W > 0): a query at position pos sees
+//    keys [max(0, pos - W + 1), pos]. A CTA's key range starts at the tile
+//    holding its earliest row's first visible key (rounded down to a tile
+//    boundary); tiles that reach below a row's window are masked, and a
+//    prefill warp skips the tiles below all of its rows' windows. So a
+//    query reads about W keys however long its context is.
 //
 // Cache rows are found through the block table per key, so every block_size
 // works; keys past a row's range are zero-filled, never read.
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <mutex>
 
 #include "backend/cuda/attention_common.cuh"
@@ -51,6 +58,7 @@ struct Params {
   int n_seqs, n_heads, n_kv_heads, group, head_chunks;
   int block_size, width, num_blocks;
   float scale_log2;        // scale * log2(e)
+  int window;              // sliding window: 0 none, W >= 1 keys (pos - W, pos] only
   bool single_query_only;  // decode_kernel: leave sequences with n_q != 1 to prefill_kernel
   OutputArgs out;
 };
@@ -111,11 +119,18 @@ __device__ __forceinline__ void load_kv_tile_one_block(const Params& p, const in
   }
 }
 
-// Keys per split: the range [0, len) cut into `splits` parts, each a
+// Keys per split: a range of len keys cut into `splits` parts, each a
 // multiple of `align` keys (the last ones may be empty).
 __device__ __forceinline__ int split_len(int len, int splits, int align) {
   const int per = (max(len, 0) + splits - 1) / splits;
   return (per + align - 1) / align * align;
+}
+
+// The first key position a query at position pos sees: pos - window + 1 (not
+// below 0) with a sliding window, else 0.
+__device__ __forceinline__ int first_key(int pos, int window) {
+  const int64_t first = int64_t(pos) - window + 1;  // no overflow for any int pos
+  return window > 0 && first > 0 ? int(first) : 0;
 }
 
 template <int kHeadDim>
@@ -149,9 +164,12 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
   for (int i = 0; i < n_q; ++i) {
     const int64_t token = int64_t(q0) + i;
     if (token < 0 || token >= p.out.n_tokens) break;  // malformed query_start
-    const int len = ctx - n_q + i + 1;                // keys [0, len)
-    const int per = split_len(len, splits, kDecodeTileKeys);
-    const int lo = split * per, hi = min(len, lo + per);
+    const int len = ctx - n_q + i + 1;                // the query sits at position len - 1
+    const int first = first_key(len - 1, p.window);   // visible keys [first, len)
+    // Tiles from the one holding `first`; the splits cut [kv0, len).
+    const int kv0 = first / kDecodeTileKeys * kDecodeTileKeys;
+    const int per = split_len(len - kv0, splits, kDecodeTileKeys);
+    const int lo = kv0 + split * per, hi = min(len, lo + per);
     const int n_tiles = hi > lo ? (hi - lo + kDecodeTileKeys - 1) / kDecodeTileKeys : 0;
     const int mine = n_tiles > warp ? (n_tiles - warp + kWarps - 1) / kWarps : 0;  // tiles warp, warp + 4, ...
 
@@ -162,8 +180,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       cp_async_16(smem_addr(q_tile + swz<kHeadDim>(r, c)), p.q + row * kHeadDim + c * 8, valid);
     }
     cp_async_commit();
-    // lo is a multiple of the tile: with block_size a multiple of it too,
-    // every tile lies in one cache block.
+    // kv0 and per, hence lo, are multiples of the tile: with block_size a
+    // multiple of it too, every tile lies in one cache block.
     const bool one_block = p.block_size % kDecodeTileKeys == 0;
     const auto load = [&](int u) {
       bf16* k_tile = my_stages + (u % kDecodeStages) * 2 * kTile;
@@ -192,8 +210,8 @@ __global__ void __launch_bounds__(kThreads, 2) decode_kernel(Params p) {
       cp_async_commit();
       const bf16* k_tile = my_stages + (u % kDecodeStages) * 2 * kTile;
       const int key0 = lo + (warp + u * kWarps) * kDecodeTileKeys;
-      st.template step<kDecodeTileKeys>(k_tile, k_tile + kTile, lane, p.scale_log2, key0 + kDecodeTileKeys > hi, key0,
-                                        pos, hi);
+      const bool masked = key0 + kDecodeTileKeys > hi || key0 < first;
+      st.template step<kDecodeTileKeys>(k_tile, k_tile + kTile, lane, p.scale_log2, masked, key0, pos, hi, p.window);
     }
     cp_async_wait<0>();
     st.finish_sums();
@@ -291,9 +309,12 @@ __global__ void __launch_bounds__(kPWarps* kWarpSize, kPWarps == 4 ? 2 : 1) pref
   const int64_t row0 = tile * kPrefillRows;  // first packed row of this CTA
   // Packed row -> position of its token (rows past the sequence's last take the last one's).
   const auto pos_of = [&](int64_t row) { return ctx - n_q + int(min(row, n_rows - 1) / p.group); };
-  const int kv_end = pos_of(row0 + kPrefillRows - 1) + 1;  // keys any row of the tile sees
-  const int per = split_len(kv_end, splits, kPrefillTileKeys);
-  const int lo = split * per, hi = min(kv_end, lo + per);
+  // Keys any row of the tile sees: [kv_begin, kv_end) with kv_begin the first
+  // row's first visible key rounded down to a key tile.
+  const int kv_end = pos_of(row0 + kPrefillRows - 1) + 1;
+  const int kv_begin = first_key(pos_of(row0), p.window) / kPrefillTileKeys * kPrefillTileKeys;
+  const int per = split_len(kv_end - kv_begin, splits, kPrefillTileKeys);
+  const int lo = kv_begin + split * per, hi = min(kv_end, lo + per);
   const int n_tiles = hi > lo ? (hi - lo + kPrefillTileKeys - 1) / kPrefillTileKeys : 0;
 
   for (int idx = threadIdx.x; idx < kPrefillRows * kChunks; idx += kPThreads) {
@@ -316,6 +337,9 @@ __global__ void __launch_bounds__(kPWarps* kWarpSize, kPWarps == 4 ? 2 : 1) pref
   const int64_t wrow = row0 + warp * kWarpRows;  // this warp's first row
   const bool warp_live = wrow < n_rows;
   const int warp_min_pos = pos_of(wrow), warp_max_pos = pos_of(wrow + kWarpRows - 1);
+  // Sliding window: every row of the warp sees no key below warp_first_lo;
+  // some row misses keys below warp_first_hi (both 0 without a window).
+  const int warp_first_lo = first_key(warp_min_pos, p.window), warp_first_hi = first_key(warp_max_pos, p.window);
   int pos[kMT][2];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
@@ -335,10 +359,10 @@ __global__ void __launch_bounds__(kPWarps* kWarpSize, kPWarps == 4 ? 2 : 1) pref
     __syncthreads();
     if (it == 0) st.load_q(q_tile + warp * kWarpRows * kHeadDim, lane);
     const int key0 = lo + it * kPrefillTileKeys;
-    if (warp_live && key0 <= warp_max_pos) {
+    if (warp_live && key0 <= warp_max_pos && key0 + kPrefillTileKeys > warp_first_lo) {
       const bf16* k_tile = stages + (it & 1) * 2 * kTile;
-      const bool masked = key0 + kPrefillTileKeys > min(hi, warp_min_pos + 1);
-      st.template step<kPrefillTileKeys>(k_tile, k_tile + kTile, lane, p.scale_log2, masked, key0, pos, hi);
+      const bool masked = key0 + kPrefillTileKeys > min(hi, warp_min_pos + 1) || key0 < warp_first_hi;
+      st.template step<kPrefillTileKeys>(k_tile, k_tile + kTile, lane, p.scale_log2, masked, key0, pos, hi, p.window);
     }
     __syncthreads();  // the stage is reloaded next iteration
   }
@@ -452,10 +476,9 @@ void run(const Params& base, int64_t n_tokens, const ops::PagedAttentionHints& h
     const int64_t target = decode_only ? 2 * int64_t(info.sms) : int64_t(info.sms);
     const int64_t ctas = decode_only ? decode_ctas : prefill_ctas + decode_ctas;
     // At least 256 keys per split: fewer would cost more in the merge than
-    // they win in parallelism.
-    splits = ctas >= target
-                 ? 1
-                 : std::min<int64_t>({ceil_div(target, std::max<int64_t>(ctas, 1)), hints.max_context_len / 256, 64});
+    // they win in parallelism. A query sees at most `window` keys.
+    const int64_t keys = p.window > 0 ? std::min<int64_t>(hints.max_context_len, p.window) : hints.max_context_len;
+    splits = ctas >= target ? 1 : std::min<int64_t>({ceil_div(target, std::max<int64_t>(ctas, 1)), keys / 256, 64});
     splits = std::max<int64_t>(splits, 1);
   }
   splits = std::min<int64_t>(splits, 1024);
@@ -493,9 +516,6 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
                      const Tensor& context_lens, const Tensor& block_tables, float scale,
                      const ops::PagedAttentionHints& hints, int64_t sliding_window, Tensor& out) {
   const int64_t n_tokens = q.dim(0), head_dim = q.dim(2);
-  if (sliding_window != 0)
-    fail("op paged_attention", "sliding_window", "expected 0 on cuda (a sliding window runs on the cpu only), got {}",
-         sliding_window);
   if (n_tokens == 0) return;
   const Device device = q.device();
   for (const auto& [arg, ptr] : {std::pair<const char*, const void*>{"q", q.data()},
@@ -524,6 +544,9 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
   p.width = int(block_tables.dim(1));
   p.num_blocks = int(k_cache.dim(0));
   p.scale_log2 = scale * 1.4426950408889634f;
+  // Positions are below 2^31 - 1 (I32 context lengths): a window that large
+  // hides nothing.
+  p.window = sliding_window >= std::numeric_limits<int32_t>::max() ? 0 : int(sliding_window);
   p.out.out = out.data_as<bf16>();
   p.out.n_tokens = n_tokens;
   p.out.n_heads = p.n_heads;
