@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "backend/ops/paged_attention.h"
+#include "backend/ops/rope_write_kv_cache.h"
 #include "backend/ops/sample.h"
 #include "core/device.h"
 #include "core/quant_weight.h"
@@ -20,6 +21,7 @@ struct Kernels {
   void (*linear)(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = nullptr;
   // Quantized weights (never Dense: ops::linear_q forwards those to linear).
   void (*linear_q)(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor& y) = nullptr;
+  // inv_freq: [r] or [n, r] (ops/rope.h).
   void (*rope)(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) = nullptr;
   void (*attention)(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale,
                     Tensor& out) = nullptr;
@@ -33,12 +35,13 @@ struct Kernels {
   // out = silu(gate_up[:, :f]) * gate_up[:, f:] (ops/silu_mul.h).
   void (*silu_mul_fused)(const Tensor& gate_up, Tensor& out) = nullptr;
   void (*add)(const Tensor& a, const Tensor& b, Tensor& out) = nullptr;
+  // inv_freq: [r] or [n_tokens, r]; options: q/k norms, both or neither (ops/rope_write_kv_cache.h).
   void (*rope_write_kv_cache)(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
                               const Tensor& inv_freq, float attention_factor, const Tensor& slot_mapping,
-                              Tensor& k_cache, Tensor& v_cache) = nullptr;
+                              Tensor& k_cache, Tensor& v_cache, const ops::RopeOptions& options) = nullptr;
   void (*rope_write_kv_cache_fused)(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
                                     float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
-                                    Tensor& v_cache) = nullptr;
+                                    Tensor& v_cache, const ops::RopeOptions& options) = nullptr;
   // residual += x, then out = rms_norm(residual) (ops/add_rms_norm.h).
   void (*add_rms_norm)(const Tensor& x, Tensor& residual, const Tensor& weight, float eps, Tensor& out) = nullptr;
   // out[r] = argmax of row r of x [m, n] F32 (ops/argmax.h).

@@ -25,6 +25,7 @@
 
 #include "backend/backend.h"
 #include "backend/ops/paged_attention.h"
+#include "backend/ops/rms_norm.h"
 #include "backend/ops/rope.h"
 #include "backend/ops/rope_write_kv_cache.h"
 #include "backend/ops/write_kv_cache.h"
@@ -706,6 +707,286 @@ TEST(CudaRopeWriteKvCacheFused, EqualsTheSplitOpBitwise) {
     expect_same_bits(vc.to_floats(), want_v.to_floats(), what + " v_cache");
     expect_same_bits(gqkv.to_floats(), host.to_floats(), what + " qkv is left alone");
   }
+}
+
+// ---- rope_write_kv_cache with q/k norms (Qwen3) and per-token frequencies ----
+
+// One step's inputs, as BF16-exact F32 on the host: a fused QKV output,
+// positions up to 131072, slots with -1 padding (every fifth row), sequences
+// of 1 to 8 tokens each with its own frequencies (dynamic NTK: a per-sequence
+// base) and q/k norm weights in [0.25, 2).
+struct NormProblem {
+  int64_t n = 0, nh = 0, nkv = 0, hd = 0, r = 0, bs = 0, num_blocks = 0;
+  float factor = 1.0f;
+  std::vector<int64_t> seq_start;            // sequence s: tokens [seq_start[s], seq_start[s + 1])
+  std::vector<std::vector<float>> seq_freq;  // [n_seqs][r]
+  Tensor qkv;                                // [n, nh + 2 nkv, hd] F32, BF16-exact
+  Tensor positions, slot_mapping;            // [n] I32
+  Tensor inv_freq_1d;                        // [r]: the first sequence's row
+  Tensor inv_freq_2d;                        // [n, r]: each token's sequence's row
+  Tensor q_norm, k_norm;                     // [hd] F32 or BF16
+
+  int64_t nq() const { return nh + 2 * nkv; }
+  Shape cache_shape() const { return {num_blocks, bs, nkv, hd}; }
+  Tensor part(int64_t lo, int64_t hi) const { return qkv.slice(1, lo, hi).contiguous(); }
+  Tensor q() const { return part(0, nh); }
+  Tensor k() const { return part(nh, nh + nkv); }
+  Tensor v() const { return part(nh + nkv, nq()); }
+  Tensor gpu_nan(const Shape& shape) const { return test::nan_tensor(shape).to_dtype(DType::BF16).to(kGpu); }
+  std::string name(DType norm_dtype, bool per_token) const {
+    return fmt::format("n={} heads={}/{} hd={} r={} factor={} norm {} per_token={} seqs={}", n, nh, nkv, hd, r, factor,
+                       dtype_name(norm_dtype), per_token, seq_freq.size());
+  }
+};
+
+struct NormCase {
+  int64_t n, nh, nkv, hd, r, bs, num_blocks;
+  float factor;
+};
+
+// Qwen3-8B's attention shape; partial rotary with a factor; head_dim 40
+// (rms_norm's 8-value packs); head_dim 36 (its single values); one token.
+const NormCase kNormCases[] = {{300, 32, 8, 128, 64, 16, 30, 1.0f},
+                               {40, 16, 4, 64, 16, 5, 10, 0.7f},
+                               {17, 6, 3, 40, 20, 1, 20, 1.0f},
+                               {9, 4, 2, 36, 12, 4, 5, 1.0f},
+                               {1, 8, 2, 128, 32, 16, 2, 1.0f}};
+
+NormProblem make_norm_problem(const NormCase& c, DType norm_dtype, uint32_t seed) {
+  NormProblem p;
+  p.n = c.n, p.nh = c.nh, p.nkv = c.nkv, p.hd = c.hd, p.r = c.r, p.bs = c.bs, p.num_blocks = c.num_blocks;
+  p.factor = c.factor;
+  std::mt19937 rng(seed);
+  Tensor qkv = Tensor::empty({c.n, p.nq(), c.hd}, DType::F32);
+  fill_uniform(qkv.data_as<float>(), qkv.numel(), rng, -2.0f, 2.0f);
+  p.qkv = qkv;  // fill_uniform rounds to BF16
+  p.seq_start = {0};
+  std::vector<float> rows;
+  while (p.seq_start.back() < c.n) {
+    const int64_t lo = p.seq_start.back(), hi = std::min<int64_t>(c.n, lo + 1 + int64_t(rng() % 8));
+    p.seq_start.push_back(hi);
+    const double base = 500000.0 * std::pow(1.0 + double(rng() % 1000) / 100.0, double(c.hd) / double(c.hd - 2));
+    std::vector<float> f(size_t(c.r));
+    for (int64_t j = 0; j < c.r; ++j) f[size_t(j)] = float(std::pow(base, -double(2 * j) / double(c.hd)));
+    for (int64_t t = lo; t < hi; ++t) rows.insert(rows.end(), f.begin(), f.end());
+    p.seq_freq.push_back(f);
+  }
+  p.inv_freq_1d = Tensor::from_floats({c.r}, p.seq_freq[0]);
+  p.inv_freq_2d = Tensor::from_floats({c.n, c.r}, rows);
+  std::vector<int32_t> pos(size_t(c.n)), all(size_t(c.num_blocks * c.bs)), slots(size_t(c.n));
+  for (int32_t& x : pos) x = std::uniform_int_distribution<int32_t>(0, 131072)(rng);
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  for (int64_t t = 0; t < c.n; ++t) slots[size_t(t)] = t % 5 == 2 ? -1 : all[size_t(t)];
+  p.positions = test::i32_tensor({c.n}, pos);
+  p.slot_mapping = test::i32_tensor({c.n}, slots);
+  std::vector<float> qw(size_t(c.hd)), kw(size_t(c.hd));
+  std::uniform_real_distribution<float> wdist(0.25f, 2.0f);
+  for (float& x : qw) x = wdist(rng);
+  for (float& x : kw) x = wdist(rng);
+  p.q_norm = Tensor::from_floats({c.hd}, qw);
+  p.k_norm = Tensor::from_floats({c.hd}, kw);
+  if (norm_dtype == DType::BF16) {
+    p.q_norm = p.q_norm.to_dtype(DType::BF16);
+    p.k_norm = p.k_norm.to_dtype(DType::BF16);
+  }
+  return p;
+}
+
+// Each head row of x [n, heads, hd] through ops::rms_norm in place (x viewed as [n * heads, hd]).
+void norm_heads(Tensor& x, const Tensor& w, float eps) {
+  Tensor rows = x.reshape({x.dim(0) * x.dim(1), x.dim(2)});
+  ops::rms_norm(rows, w, eps, rows);
+}
+
+// x [n, heads, hd] (F32, BF16-exact after the rounding below) -> the
+// magnitude a one-step BF16 change of the rotation's inputs moves each
+// output by: (|x1| + |x2|) * |factor| for rotated dims, |x| for the rest.
+Tensor input_scale(const Tensor& x, int64_t r, float factor) {
+  const int64_t hd = x.dim(2);
+  const std::vector<float> xf = x.to_floats();
+  std::vector<float> s(xf.size());
+  for (size_t row = 0; row < xf.size(); row += size_t(hd))
+    for (int64_t d = 0; d < hd; ++d) {
+      const int64_t j = d < r ? d : d - r;
+      s[row + size_t(d)] =
+          d < 2 * r ? (std::fabs(xf[row + size_t(j)]) + std::fabs(xf[row + size_t(j + r)])) * std::fabs(factor)
+                    : std::fabs(xf[row + size_t(d)]);
+    }
+  return Tensor::from_floats(x.shape(), s);
+}
+
+// got (BF16 values) against the CPU's F32 want rounded to BF16: equal in at
+// least 99.9% of the elements, and never further than one BF16 step of want
+// plus one BF16 step of the rotation's inputs (scale): the GPU's sum of
+// squares runs in another order than the CPU's, and where that moves a
+// normalized value across a BF16 rounding boundary, the rotation's input
+// differs by one step. NaN (a slot no row was written to) must stay NaN.
+void expect_bf16_near(const std::vector<float>& got, const std::vector<float>& want_f32,
+                      const std::vector<float>& scale, const std::string& what) {
+  ASSERT_EQ(got.size(), want_f32.size()) << what;
+  ASSERT_EQ(got.size(), scale.size()) << what;
+  size_t bad = 0, exact = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float want = round_bf16(want_f32[i]);
+    if (std::isnan(want)) {
+      bad += !std::isnan(got[i]);
+      exact += std::isnan(got[i]);
+      continue;
+    }
+    exact += got[i] == want;
+    const float tol = std::ldexp(std::fabs(want), -7) + std::ldexp(scale[i], -7);
+    if (!(std::fabs(got[i] - want) <= tol) && bad++ < 5)
+      ADD_FAILURE() << what << ": element " << i << " got " << got[i] << " want " << want << " (tol " << tol << ")";
+  }
+  EXPECT_EQ(bad, 0u) << what;
+  EXPECT_GE(double(exact), 0.999 * double(got.size())) << what << ": " << exact << " of " << got.size() << " exact";
+}
+
+// The GPU (BF16) against the CPU (F32) with q/k norms and/or per-token
+// frequencies, fused and split variants. The CPU reference follows the
+// GPU's documented rounding: rms_norm per head in F32, the normalized value
+// rounded to BF16, then the F32 rotation (rounded to BF16 in the comparison).
+TEST(CudaRopeWriteKvCache, QkNormAndPerTokenFreqsMatchTheCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  uint32_t seed = 12000;
+  for (const NormCase& c : kNormCases)
+    for (DType wdt : {DType::F32, DType::BF16})
+      for (bool norm : {false, true})
+        for (bool per_token : {false, true}) {
+          if (!norm && !per_token) continue;  // CudaRopeWriteKvCache.MatchesTheCpu
+          if (!norm && wdt == DType::BF16) continue;
+          const NormProblem p = make_norm_problem(c, wdt, ++seed);
+          const float eps = 1e-6f;
+          const Tensor& inv_freq = per_token ? p.inv_freq_2d : p.inv_freq_1d;
+          // The CPU: norms, BF16 rounding, then the op without norms.
+          Tensor q = p.q(), k = p.k();
+          if (norm) {
+            norm_heads(q, p.q_norm, eps);
+            norm_heads(k, p.k_norm, eps);
+            q = q.to_dtype(DType::BF16).to_dtype(DType::F32);
+            k = k.to_dtype(DType::BF16).to_dtype(DType::F32);
+          }
+          const Tensor q_scale = input_scale(q, p.r, p.factor), k_scale = input_scale(k, p.r, p.factor);
+          Tensor want_kc = test::nan_tensor(p.cache_shape()), want_vc = test::nan_tensor(p.cache_shape());
+          ops::rope_write_kv_cache(q, k, p.v(), p.positions, inv_freq, p.factor, p.slot_mapping, want_kc, want_vc);
+          // The scales of k, scattered to the cache slots as the rows are.
+          Tensor kc_scale = test::nan_tensor(p.cache_shape()), unused = test::nan_tensor(p.cache_shape());
+          ops::write_kv_cache(k_scale, k_scale, p.slot_mapping, kc_scale, unused);
+
+          const Tensor gq_norm = p.q_norm.to(kGpu), gk_norm = p.k_norm.to(kGpu);
+          const ops::RopeOptions opts = norm ? ops::RopeOptions{&gq_norm, &gk_norm, eps} : ops::RopeOptions{};
+          const Tensor host = p.qkv.to_dtype(DType::BF16), positions = p.positions.to(kGpu);
+          const Tensor slots = p.slot_mapping.to(kGpu), freq = inv_freq.to(kGpu);
+          const std::string what = p.name(wdt, per_token) + (norm ? "" : " (no norms)");
+          {  // fused
+            const Tensor gqkv = host.to(kGpu);
+            Tensor gq = p.gpu_nan({p.n, p.nh, p.hd}), kc = p.gpu_nan(p.cache_shape()), vc = p.gpu_nan(p.cache_shape());
+            ops::rope_write_kv_cache_fused(gqkv, positions, freq, p.factor, slots, gq, kc, vc, opts);
+            expect_bf16_near(gq.to_floats(), q.to_floats(), q_scale.to_floats(), what + " fused q");
+            expect_bf16_near(kc.to_floats(), want_kc.to_floats(), kc_scale.to_floats(), what + " fused k_cache");
+            expect_same_bits(vc.to_floats(), want_vc.to_dtype(DType::BF16).to_floats(), what + " fused v_cache");
+            expect_same_bits(gqkv.to_floats(), host.to_floats(), what + " qkv is left alone");
+          }
+          {  // split, q in place
+            Tensor gq = p.q().to_dtype(DType::BF16).to(kGpu);
+            const Tensor gk = p.k().to_dtype(DType::BF16).to(kGpu), gv = p.v().to_dtype(DType::BF16).to(kGpu);
+            Tensor kc = p.gpu_nan(p.cache_shape()), vc = p.gpu_nan(p.cache_shape());
+            ops::rope_write_kv_cache(gq, gk, gv, positions, freq, p.factor, slots, kc, vc, opts);
+            expect_bf16_near(gq.to_floats(), q.to_floats(), q_scale.to_floats(), what + " split q");
+            expect_bf16_near(kc.to_floats(), want_kc.to_floats(), kc_scale.to_floats(), what + " split k_cache");
+            expect_same_bits(vc.to_floats(), want_vc.to_dtype(DType::BF16).to_floats(), what + " split v_cache");
+            expect_same_bits(gk.to_floats(), p.k().to_floats(), what + " k is left alone");
+          }
+        }
+}
+
+// On the GPU, with norms: bitwise ops::rms_norm on each head, then ops::rope,
+// then ops::write_kv_cache (the header's rule), for both variants; and with
+// a 2-D inv_freq, bitwise the fused op run per sequence with its 1-D row.
+TEST(CudaRopeWriteKvCacheFused, QkNormEqualsRmsNormThenRopeBitwise) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  uint32_t seed = 13000;
+  for (const NormCase& c : kNormCases)
+    for (DType wdt : {DType::F32, DType::BF16})
+      for (bool per_token : {false, true}) {
+        const NormProblem p = make_norm_problem(c, wdt, ++seed);
+        const float eps = 1e-5f;
+        const Tensor host = p.qkv.to_dtype(DType::BF16);  // [n, nq, hd]
+        const Tensor gqkv = host.to(kGpu), positions = p.positions.to(kGpu), slots = p.slot_mapping.to(kGpu);
+        const Tensor freq = (per_token ? p.inv_freq_2d : p.inv_freq_1d).to(kGpu);
+        const Tensor gq_norm = p.q_norm.to(kGpu), gk_norm = p.k_norm.to(kGpu);
+        const ops::RopeOptions opts{&gq_norm, &gk_norm, eps};
+        const std::string what = p.name(wdt, per_token);
+
+        // The ops one by one on split copies.
+        Tensor want_q = host.slice(1, 0, p.nh).contiguous().to(kGpu);
+        Tensor want_k = host.slice(1, p.nh, p.nh + p.nkv).contiguous().to(kGpu);
+        const Tensor gv = host.slice(1, p.nh + p.nkv, p.nq()).contiguous().to(kGpu);
+        Tensor want_kc = p.gpu_nan(p.cache_shape()), want_vc = p.gpu_nan(p.cache_shape());
+        norm_heads(want_q, gq_norm, eps);
+        norm_heads(want_k, gk_norm, eps);
+        ops::rope(want_q, positions, freq, p.factor);
+        ops::rope(want_k, positions, freq, p.factor);
+        ops::write_kv_cache(want_k, gv, slots, want_kc, want_vc);
+        const std::vector<float> wq = want_q.to_floats(), wkc = want_kc.to_floats(), wvc = want_vc.to_floats();
+
+        Tensor q = p.gpu_nan({p.n, p.nh, p.hd}), kc = p.gpu_nan(p.cache_shape()), vc = p.gpu_nan(p.cache_shape());
+        ops::rope_write_kv_cache_fused(gqkv, positions, freq, p.factor, slots, q, kc, vc, opts);
+        expect_same_bits(q.to_floats(), wq, what + " fused q");
+        expect_same_bits(kc.to_floats(), wkc, what + " fused k_cache");
+        expect_same_bits(vc.to_floats(), wvc, what + " fused v_cache");
+
+        Tensor sq = host.slice(1, 0, p.nh).contiguous().to(kGpu);
+        const Tensor sk = host.slice(1, p.nh, p.nh + p.nkv).contiguous().to(kGpu);
+        Tensor skc = p.gpu_nan(p.cache_shape()), svc = p.gpu_nan(p.cache_shape());
+        ops::rope_write_kv_cache(sq, sk, gv, positions, freq, p.factor, slots, skc, svc, opts);
+        expect_same_bits(sq.to_floats(), wq, what + " split q");
+        expect_same_bits(skc.to_floats(), wkc, what + " split k_cache");
+        expect_same_bits(svc.to_floats(), wvc, what + " split v_cache");
+
+        if (per_token) {  // one call per sequence, its row as a 1-D inv_freq
+          Tensor pq = p.gpu_nan({p.n, p.nh, p.hd}), pkc = p.gpu_nan(p.cache_shape()), pvc = p.gpu_nan(p.cache_shape());
+          for (size_t s = 0; s + 1 < p.seq_start.size(); ++s) {
+            const int64_t lo = p.seq_start[s], hi = p.seq_start[s + 1];
+            Tensor qs = pq.slice(0, lo, hi);
+            ops::rope_write_kv_cache_fused(gqkv.slice(0, lo, hi), positions.slice(0, lo, hi),
+                                           Tensor::from_floats({p.r}, p.seq_freq[s]).to(kGpu), p.factor,
+                                           slots.slice(0, lo, hi), qs, pkc, pvc, opts);
+          }
+          expect_same_bits(pq.to_floats(), wq, what + " per-sequence q");
+          expect_same_bits(pkc.to_floats(), wkc, what + " per-sequence k_cache");
+          expect_same_bits(pvc.to_floats(), wvc, what + " per-sequence v_cache");
+        }
+      }
+}
+
+TEST(CudaRopeWriteKvCacheFused, RejectsBadNormsAndFrequencies) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  // Three tokens, 4 query heads over 2 KV heads, head_dim 8, 3 blocks of 4 slots.
+  const auto bf = [](const Shape& s) { return Tensor::zeros(s, DType::BF16, kGpu); };
+  Tensor qkv = bf({3, 8, 8}), q = bf({3, 4, 8}), kc = bf({3, 4, 2, 8}), vc = bf({3, 4, 2, 8});
+  const Tensor pos = test::i32_tensor({3}, {0, 1, 2}).to(kGpu), slots = test::i32_tensor({3}, {5, -1, 11}).to(kGpu);
+  const Tensor freq = Tensor::zeros({3, 4}, DType::F32, kGpu);
+  const Tensor qn = Tensor::zeros({8}, DType::F32, kGpu), kn = bf({8});
+  const auto run = [&](const Tensor& freq_, const ops::RopeOptions& o) {
+    ops::rope_write_kv_cache_fused(qkv, pos, freq_, 1.0f, slots, q, kc, vc, o);
+  };
+  const std::string op = "rope_write_kv_cache_fused";
+  EXPECT_NO_THROW(run(freq, {&qn, &kn, 1e-6f}));
+  EXPECT_NO_THROW(run(Tensor::zeros({4}, DType::F32, kGpu), {&qn, &kn, 1e-6f}));
+  using test::expect_op_error;
+  expect_op_error(op, "inv_freq", [&] { run(Tensor::zeros({3, 4}, DType::F32), {}); });  // on the CPU
+  expect_op_error(op, "inv_freq", [&] { run(Tensor::zeros({2, 4}, DType::F32, kGpu), {}); });
+  const Tensor cpu_norm = Tensor::zeros({8}, DType::F32), f16_norm = Tensor::zeros({8}, DType::F16, kGpu);
+  expect_op_error(op, "q_norm", [&] { run(freq, {&cpu_norm, &kn, 1e-6f}); });
+  expect_op_error(op, "k_norm", [&] { run(freq, {&qn, &cpu_norm, 1e-6f}); });
+  expect_op_error(op, "k_norm", [&] { run(freq, {&qn, &f16_norm, 1e-6f}); });  // F16: CPU only
+  expect_op_error(op, "k_norm", [&] { run(freq, {&qn, nullptr, 1e-6f}); });
+  Tensor gk = bf({3, 2, 8}), gv = bf({3, 2, 8});
+  expect_op_error("rope_write_kv_cache", "q_norm", [&] {
+    ops::rope_write_kv_cache(q, gk, gv, pos, freq, 1.0f, slots, kc, vc, {&f16_norm, &kn, 1e-6f});
+  });
 }
 
 // An engine's steps on the GPU: each step rotates and stores its tokens

@@ -482,6 +482,46 @@ TEST(CudaRope, MatchesTheCpuOp) {
     }
 }
 
+// A 2-D inv_freq [n, r] (per-token frequencies, dynamic NTK): bitwise the
+// GPU op on each token with its row as a 1-D inv_freq, and the CPU's 2-D op
+// (rounded to the dtype) on at least 99.9% of the elements, as above.
+TEST(CudaRope, PerTokenInvFreqEqualsOneCallPerToken) {
+  SKIP_WITHOUT_CUDA();
+  const int64_t n = 37, heads = 8, hd = 128, r = 48;  // partial rotary
+  const float factor = 0.9f;
+  std::mt19937 rng(77);
+  std::vector<float> freq(size_t(n * r));
+  for (int64_t i = 0; i < n; ++i) {
+    const double base = 500000.0 * (1.0 + double(rng() % 64));
+    for (int64_t j = 0; j < r; ++j) freq[size_t(i * r + j)] = float(std::pow(base, -2.0 * double(j) / double(hd)));
+  }
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (auto& p : pos) p = int32_t(rng() % 131072);
+  const Tensor inv_freq = Tensor::from_floats({n, r}, freq), positions = ids_tensor(pos);
+  const Tensor gfreq = inv_freq.to(kGpu), gpos = positions.to(kGpu);
+  for (DType dt : {DType::BF16, DType::F32}) {
+    const Tensor x = random_tensor({n, heads, hd}, dt, 5100, -2, 2);
+    Tensor got = x.to(kGpu), want = x.to(kGpu);
+    ops::rope(got, gpos, gfreq, factor);
+    for (int64_t i = 0; i < n; ++i) {
+      Tensor xi = want.slice(0, i, i + 1);
+      ops::rope(xi, gpos.slice(0, i, i + 1), gfreq.select(i), factor);
+    }
+    const std::string name = fmt::format("per-token inv_freq {}", dtype_name(dt));
+    EXPECT_EQ(got.to_floats(), want.to_floats()) << name;
+    Tensor ref = to_f32(x);
+    ops::rope(ref, positions, inv_freq, factor);
+    const std::vector<float> rf = ref.to_floats(), g = got.to_floats();
+    size_t exact = 0;
+    for (size_t i = 0; i < g.size(); ++i)
+      exact += g[i] == (dt == DType::BF16 ? bf16_to_f32(f32_to_bf16(rf[i])) : rf[i]);
+    EXPECT_GE(double(exact), 0.999 * double(g.size())) << name << ": " << exact << " of " << g.size();
+  }
+  // inv_freq rows must match the tokens.
+  Tensor xg = random_tensor({n, heads, hd}, DType::BF16, 5101).to(kGpu);
+  test::expect_op_error("rope", "inv_freq", [&] { ops::rope(xg, gpos, gfreq.slice(0, 0, n - 1), factor); });
+}
+
 // ---- embedding ------------------------------------------------------------
 
 TEST(CudaEmbedding, CopiesAndConvertsRows) {

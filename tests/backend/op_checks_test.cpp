@@ -69,6 +69,12 @@ TEST(OpChecks, Rope) {
   expect_op_error("rope", "positions", [&] { ops::rope(x, f32({3}), freq, 1.0f); });
   expect_op_error("rope", "positions", [&] { ops::rope(x, Tensor::zeros({2}, DType::I32), freq, 1.0f); });
   expect_op_error("rope", "inv_freq", [&] { ops::rope(x, pos, f32({5}), 1.0f); });
+  // A 2-D inv_freq: one row per token, at most head_dim / 2 columns.
+  EXPECT_NO_THROW(ops::rope(x, pos, f32({3, 4}), 1.0f));
+  expect_op_error("rope", "inv_freq", [&] { ops::rope(x, pos, f32({2, 4}), 1.0f); });
+  expect_op_error("rope", "inv_freq", [&] { ops::rope(x, pos, f32({3, 5}), 1.0f); });
+  expect_op_error("rope", "inv_freq", [&] { ops::rope(x, pos, f32({3, 1, 4}), 1.0f); });
+  expect_op_error("rope", "inv_freq", [&] { ops::rope(x, pos, Tensor::zeros({3, 4}, DType::I32), 1.0f); });
   expect_op_error("rope", "x", [&] {
     Tensor x2 = f32({3, 16});
     ops::rope(x2, pos, freq, 1.0f);

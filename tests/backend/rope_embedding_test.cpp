@@ -46,6 +46,44 @@ TEST(Rope, MatchesDirectFormulaWithNonContiguousPositions) {
   }
 }
 
+// A 2-D inv_freq [n, r]: row i rotates token i. Bitwise what rope on each
+// token with its row as a 1-D inv_freq gives, and the direct formula in
+// float64 (tolerance as above).
+TEST(Rope, PerTokenInvFreqEqualsOneCallPerTokenBitwise) {
+  const int64_t n = 7, heads = 3, hd = 24, r = 10;  // partial rotary
+  const float factor = 0.9f;
+  Tensor x = test::random_tensor({n, heads, hd}, DType::F32, 6100);
+  std::mt19937 rng(6101);
+  std::vector<float> freq(size_t(n * r));
+  for (int64_t i = 0; i < n; ++i) {
+    const double base = 10000.0 * (1.0 + double(rng() % 100));  // per-token NTK-like bases
+    for (int64_t j = 0; j < r; ++j) freq[size_t(i * r + j)] = float(std::pow(base, -2.0 * double(j) / double(hd)));
+  }
+  const std::vector<int32_t> all_pos = {0, 5, 3, 1000, 7, 42, 30000};
+  const Tensor inv_freq = Tensor::from_floats({n, r}, freq), pos = test::i32_tensor({n}, all_pos);
+  Tensor want = x.to(kCpu);
+  for (int64_t i = 0; i < n; ++i) {
+    Tensor xi = want.slice(0, i, i + 1);
+    ops::rope(xi, pos.slice(0, i, i + 1), inv_freq.select(i), factor);
+  }
+  std::vector<double> xd = test::to_doubles(x), ref = xd, scale(xd.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h) {
+      const size_t base = size_t((i * heads + h) * hd);
+      for (int64_t j = 0; j < hd; ++j) scale[base + size_t(j)] = std::abs(xd[base + size_t(j)]);
+      for (int64_t j = 0; j < r; ++j) {
+        const double a = double(float(all_pos[size_t(i)]) * freq[size_t(i * r + j)]);
+        const double x1 = xd[base + size_t(j)], x2 = xd[base + size_t(j + r)];
+        ref[base + size_t(j)] = (x1 * std::cos(a) - x2 * std::sin(a)) * factor;
+        ref[base + size_t(j + r)] = (x2 * std::cos(a) + x1 * std::sin(a)) * factor;
+        scale[base + size_t(j)] = scale[base + size_t(j + r)] = (std::abs(x1) + std::abs(x2)) * factor;
+      }
+    }
+  ops::rope(x, pos, inv_freq, factor);
+  EXPECT_EQ(x.to_floats(), want.to_floats());
+  test::expect_close(x.to_floats(), ref, scale, 4e-7, 0, "per-token inv_freq");
+}
+
 TEST(Rope, PositionZeroIsIdentity) {
   Tensor x = test::random_tensor({1, 2, 8}, DType::F32, 3);
   std::vector<float> before = x.to_floats();

@@ -83,12 +83,14 @@ const char* simd_name(SimdLevel level) {
 
 std::string description() { return fmt::format("cpu ({}, {} threads)", simd_name(simd_level()), num_threads()); }
 
-// backend/cpu/rope_write_kv_cache.cpp: rope on q and a copy of k, then write_kv_cache.
+// backend/cpu/rope_write_kv_cache.cpp: (rms_norm per head and) rope on q
+// and a copy of k, then write_kv_cache.
 void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                         float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
+                         float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache,
+                         const ops::RopeOptions& options);
 void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
                                float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
-                               Tensor& v_cache);
+                               Tensor& v_cache, const ops::RopeOptions& options);
 
 // backend/cpu/argmax.cpp.
 void argmax(const Tensor& x, Tensor& out);

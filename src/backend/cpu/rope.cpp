@@ -8,13 +8,15 @@
 namespace kite::cpu {
 
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) {
-  const int64_t n = x.dim(0), heads = x.dim(1), hd = x.dim(2), r = inv_freq.dim(0);
+  const int64_t n = x.dim(0), heads = x.dim(1), hd = x.dim(2), r = inv_freq.dim(inv_freq.ndim() - 1);
+  const int64_t freq_stride = inv_freq.ndim() == 2 ? r : 0;  // [r] shared, or [n, r] a row per token
   const int32_t* pos = positions.data_as<const int32_t>();
-  const float* freq = inv_freq.data_as<const float>();
+  const float* freqs = inv_freq.data_as<const float>();
   float* px = x.data_as<float>();  // [n, heads, hd]
   parallel_for(n, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> cs(size_t(2 * r));  // [2, r]: cos then sin of this row's angles
     for (int64_t i = begin; i < end; ++i) {
+      const float* freq = freqs + i * freq_stride;
       for (int64_t j = 0; j < r; ++j) {
         // The angle in F32 like the reference (positions * inv_freq in float32),
         // then cos/sin of that float, evaluated in double and rounded.

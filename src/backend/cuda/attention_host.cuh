@@ -32,10 +32,11 @@ void paged_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cac
                      const ops::PagedAttentionHints& hints, int64_t sliding_window, Tensor& out);
 void write_kv_cache(const Tensor& k, const Tensor& v, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
 void rope_write_kv_cache(Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
-                         float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache);
+                         float attention_factor, const Tensor& slot_mapping, Tensor& k_cache, Tensor& v_cache,
+                         const ops::RopeOptions& options);
 void rope_write_kv_cache_fused(const Tensor& qkv, const Tensor& positions, const Tensor& inv_freq,
                                float attention_factor, const Tensor& slot_mapping, Tensor& q, Tensor& k_cache,
-                               Tensor& v_cache);
+                               Tensor& v_cache, const ops::RopeOptions& options);
 
 }  // namespace attn
 }  // namespace kite::cuda

@@ -87,8 +87,10 @@ cudaError_t launch_add_rms_norm(const void* x, void* residual, const void* weigh
 // ops::rope in place: angle float(pos) * inv_freq[j] in F32, cos/sin in F64
 // rounded to F32 and scaled by `factor`, rotation in F32 without FMA
 // contraction (bitwise the CPU's arithmetic for F32 x).
-// x: [n, heads, head_dim] F32|BF16; positions: [n] I32; inv_freq: [r] F32, 2r <= head_dim.
-cudaError_t launch_rope(void* x, DType dtype, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
-                        int64_t head_dim, int64_t r, float factor, cudaStream_t stream);
+// x: [n, heads, head_dim] F32|BF16; positions: [n] I32; inv_freq: token i's
+// r F32 frequencies at inv_freq + i * freq_stride (0: one [r] table for all,
+// r: an [n, r] table), 2r <= head_dim.
+cudaError_t launch_rope(void* x, DType dtype, const int32_t* positions, const float* inv_freq, int64_t freq_stride,
+                        int64_t n, int64_t heads, int64_t head_dim, int64_t r, float factor, cudaStream_t stream);
 
 }  // namespace kite::cuda

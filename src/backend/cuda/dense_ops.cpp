@@ -44,8 +44,9 @@ void add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& weight, float
 
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor) {
   cudaStream_t s = stream_for(x);
+  const int64_t r = inv_freq.dim(inv_freq.ndim() - 1);  // inv_freq: [r] or [n, r]
   check_cuda(launch_rope(x.data(), x.dtype(), positions.data_as<const int32_t>(), inv_freq.data_as<const float>(),
-                         x.dim(0), x.dim(1), x.dim(2), inv_freq.dim(0), attention_factor, s),
+                         inv_freq.ndim() == 2 ? r : 0, x.dim(0), x.dim(1), x.dim(2), r, attention_factor, s),
              "rope kernel");
 }
 

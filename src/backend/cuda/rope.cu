@@ -15,11 +15,12 @@ using dense::from_float;
 using dense::to_float;
 
 template <typename T>
-__global__ void rope_kernel(T* x, const int32_t* positions, const float* inv_freq, int64_t heads, int64_t hd, int64_t r,
-                            float factor) {
+__global__ void rope_kernel(T* x, const int32_t* positions, const float* inv_freqs, int64_t freq_stride, int64_t heads,
+                            int64_t hd, int64_t r, float factor) {
   extern __shared__ float cs[];  // [2, r]: cos then sin
   const int64_t i = blockIdx.x;
   const float pos = float(positions[i]);
+  const float* inv_freq = inv_freqs + i * freq_stride;  // this token's [r]
   for (int64_t j = threadIdx.x; j < r; j += blockDim.x) {
     const float a = __fmul_rn(pos, inv_freq[j]);
     double s, c;
@@ -39,26 +40,29 @@ __global__ void rope_kernel(T* x, const int32_t* positions, const float* inv_fre
 }
 
 template <typename T>
-cudaError_t launch_typed(T* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads, int64_t hd,
-                         int64_t r, float factor, cudaStream_t stream) {
+cudaError_t launch_typed(T* x, const int32_t* positions, const float* inv_freq, int64_t freq_stride, int64_t n,
+                         int64_t heads, int64_t hd, int64_t r, float factor, cudaStream_t stream) {
   int threads = int(((heads * r + 31) / 32) * 32);
   if (threads < 32) threads = 32;
   if (threads > 256) threads = 256;
   const size_t smem = size_t(2 * r) * sizeof(float);
-  rope_kernel<T><<<unsigned(n), unsigned(threads), smem, stream>>>(x, positions, inv_freq, heads, hd, r, factor);
+  rope_kernel<T>
+      <<<unsigned(n), unsigned(threads), smem, stream>>>(x, positions, inv_freq, freq_stride, heads, hd, r, factor);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_rope(void* x, DType dtype, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
-                        int64_t head_dim, int64_t r, float factor, cudaStream_t stream) {
+cudaError_t launch_rope(void* x, DType dtype, const int32_t* positions, const float* inv_freq, int64_t freq_stride,
+                        int64_t n, int64_t heads, int64_t head_dim, int64_t r, float factor, cudaStream_t stream) {
   if (n <= 0 || heads <= 0 || r <= 0) return cudaSuccess;
   if (n > 0x7fffffff || 2 * r * int64_t(sizeof(float)) > 48 * 1024) return cudaErrorInvalidValue;
   if (dtype == DType::F32)
-    return launch_typed(static_cast<float*>(x), positions, inv_freq, n, heads, head_dim, r, factor, stream);
+    return launch_typed(static_cast<float*>(x), positions, inv_freq, freq_stride, n, heads, head_dim, r, factor,
+                        stream);
   if (dtype == DType::BF16)
-    return launch_typed(static_cast<dense::bf16*>(x), positions, inv_freq, n, heads, head_dim, r, factor, stream);
+    return launch_typed(static_cast<dense::bf16*>(x), positions, inv_freq, freq_stride, n, heads, head_dim, r, factor,
+                        stream);
   return cudaErrorInvalidValue;
 }
 

@@ -45,6 +45,24 @@ void OpCheck::cache_slots(const Tensor& slot_mapping, int64_t n_slots) const {
     fail_arg("slot_mapping", fmt::format("expected distinct slots, got slot {} more than once", *dup));
 }
 
+void OpCheck::inv_freq(const Tensor& inv_freq, int64_t n_tokens, const std::string& n_of, int64_t head_dim,
+                       const char* ref_arg, const Tensor& ref) const {
+  if (!inv_freq.defined() || (inv_freq.ndim() != 1 && inv_freq.ndim() != 2))
+    fail_arg("inv_freq", fmt::format("expected a 1-D tensor [r] or a 2-D tensor [n_tokens, r] (a row per token), "
+                                     "got {}",
+                                     inv_freq.defined() ? "shape " + inv_freq.shape_str() : "an undefined tensor"));
+  if (inv_freq.ndim() == 1)
+    tensor("inv_freq", inv_freq, 1, "[r]", {DType::F32});
+  else
+    tensor("inv_freq", inv_freq, 2, "[n_tokens, r]", {DType::F32});
+  same_device("inv_freq", inv_freq, ref_arg, ref);
+  if (inv_freq.ndim() == 2) dim("inv_freq", inv_freq, 0, n_tokens, n_of);
+  const int64_t r = inv_freq.dim(inv_freq.ndim() - 1);
+  if (2 * r > head_dim)
+    fail_arg("inv_freq", fmt::format("expected at most head_dim / 2 = {} frequencies, got shape {}", head_dim / 2,
+                                     inv_freq.shape_str()));
+}
+
 void OpCheck::tensor(const char* arg, const Tensor& t, int ndim, const char* layout,
                      std::initializer_list<DType> dtypes) const {
   if (!t.defined()) fail_arg(arg, fmt::format("expected a {}-D tensor {}, got an undefined tensor", ndim, layout));

@@ -30,6 +30,12 @@ class OpCheck {
   // slot twice. Device-side slots are copied to the host for the check,
   // unless indices are trusted (ops/trusted.h).
   void cache_slots(const Tensor& slot_mapping, int64_t n_slots) const;
+  // Rotary frequencies `inv_freq` on ref's device: F32, either [r] (one
+  // table for every token) or [n_tokens, r] (row t for token t, e.g. dynamic
+  // NTK scaling per sequence), with 2r <= head_dim. `n_of` says where
+  // n_tokens came from ("n_tokens of q").
+  void inv_freq(const Tensor& inv_freq, int64_t n_tokens, const std::string& n_of, int64_t head_dim,
+                const char* ref_arg, const Tensor& ref) const;
 
   // The device's kernel entry, or an Error when that device lacks it.
   template <typename Fn>

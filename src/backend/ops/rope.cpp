@@ -15,11 +15,7 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float atte
   c.tensor("positions", positions, 1, "[n]", {DType::I32});
   c.dim("positions", positions, 0, x.dim(0), "n of x");
   c.same_device("positions", positions, "x", x);
-  c.tensor("inv_freq", inv_freq, 1, "[r]", {DType::F32});
-  c.same_device("inv_freq", inv_freq, "x", x);
-  if (2 * inv_freq.dim(0) > x.dim(2))
-    c.fail_arg("inv_freq", fmt::format("expected at most head_dim / 2 = {} frequencies, got shape {}", x.dim(2) / 2,
-                                       inv_freq.shape_str()));
+  c.inv_freq(inv_freq, x.dim(0), "n of x", x.dim(2), "x", x);
   if (!std::isfinite(attention_factor))
     c.fail_arg("attention_factor", fmt::format("expected a finite factor, got {}", attention_factor));
   c.kernel(x.device(), &Kernels::rope)(x, positions, inv_freq, attention_factor);
