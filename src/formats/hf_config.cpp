@@ -345,7 +345,22 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     c.sliding_window = r.int_or("sliding_window", 0);
   } else if (c.arch == Arch::Qwen2 || c.arch == Arch::Qwen3) {
     // Qwen configs carry sliding_window even when it is off.
-    if (r.bool_or("use_sliding_window", false)) c.sliding_window = r.int_or("sliding_window", 0);
+    if (r.bool_or("use_sliding_window", false)) {
+      c.sliding_window = r.int_or("sliding_window", 0);
+      c.max_window_layers = r.int_or("max_window_layers", 28);  // transformers' Qwen2Config default
+    }
+  }
+  // Keys of other families that change the math; Kite's definitions do not
+  // implement them, so a config setting them is refused rather than run wrong.
+  for (const char* key : {"attn_logit_softcapping", "final_logit_softcapping", "logit_scale", "logits_scaling",
+                          "embedding_multiplier", "residual_multiplier", "attention_multiplier",
+                          "query_pre_attn_scalar", "num_experts", "num_local_experts", "moe_intermediate_size"}) {
+    const json* v = r.find(key);
+    if (v && !v->is_null() &&
+        !(v->is_number() && (v->get<double>() == 0 ||
+                             (std::string(key).find("multiplier") != std::string::npos && v->get<double>() == 1))))
+      fail(source, key, "is set ({}) but no Kite model definition implements it; this checkpoint cannot run here",
+           v->dump());
   }
 
   c.bos_token_id = r.opt_token_id("bos_token_id");

@@ -38,8 +38,9 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // Qwen2: true (q, k, v bias)
   bool mlp_bias = false;
-  bool qk_norm = false;  // Qwen3
-  int64_t sliding_window = 0;
+  bool qk_norm = false;           // Qwen3
+  int64_t sliding_window = 0;     // 0: none; else W (keys (p - W, p] are seen)
+  int64_t max_window_layers = 0;  // Qwen2/3: layers from this one on use the window
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
   DType dtype = DType::BF16;  // torch_dtype or dtype key

@@ -1,119 +1,193 @@
 #pragma once
-// The decoder-only transformer shared by the Llama family (Llama 2/3,
-// Mistral, Qwen2, Qwen3): pre-norm blocks of grouped-query self-attention
-// with RoPE and a SwiGLU MLP. Architecture files (model/arch_*.cpp) say which
-// optional parts a family has and where its weights are found.
+// The runner of a decoder-only model: runs an architecture's definition
+// (model/arch/arch.h) over the paged KV cache on one device, or as one
+// tensor-parallel rank's shard.
+//
+// On the CPU it runs eagerly with F32 activations and KV cache (weights as
+// the checkpoint stores them, quantized ones through the CPU's quantized
+// kernel): what tests, calibration and `kite ppl` use. On CUDA it runs BF16
+// activations and KV cache, and `prepare` records decode steps (one token
+// per sequence) as CUDA graphs for padded batch sizes. Both execute the
+// same Architecture::forward_layer over the same fused ops: Q/K/V and
+// gate/up as one Linear each, the residual add fused into the next RMSNorm,
+// RoPE (and q/k norms) fused with the KV-cache write.
+//
+// Tensor parallelism (Megatron-style): rank r of N holds query heads
+// [r nh/N, (r+1) nh/N) and its KV heads (replicated when the ranks
+// outnumber them), the matching MLP columns, the input columns of the
+// row-parallel linears (their outputs all-reduced), its KV heads' cache, and
+// a vocabulary shard of the embedding (looked up, then all-reduced) and of
+// lm_head (logits all-gathered). Every rank runs the same batch.
 #include <functional>
+#include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
-#include "core/quant_weight.h"
+#include "backend/backend.h"
+#include "backend/communicator.h"
+#include "backend/ops/paged_attention.h"
+#include "model/arch/arch.h"
 #include "model/model.h"
 #include "model/rope.h"
+#include "model/weights.h"
 
 namespace kite {
 
-// Linear weights are QuantWeights: dense or in one of Kite's quantized layouts.
-struct AttentionWeights {
-  QuantWeight wq, wk, wv, wo;  // [n_heads*hd, d], [n_kv*hd, d], [n_kv*hd, d], [d, n_heads*hd]
-  Tensor bq, bk, bv;           // optional biases (Qwen2)
-  Tensor q_norm, k_norm;       // optional per-head RMSNorm weights [hd] (Qwen3)
-};
-
-struct MlpWeights {
-  QuantWeight gate, up;  // [ffn, d]
-  QuantWeight down;      // [d, ffn]
-};
-
-struct LayerWeights {
-  Tensor attn_norm;  // [d]
-  AttentionWeights attn;
-  Tensor mlp_norm;  // [d]
-  MlpWeights mlp;
-};
-
-struct DecoderWeights {
-  Tensor embed;  // [vocab, d]
-  std::vector<LayerWeights> layers;
-  Tensor final_norm;    // [d]
-  QuantWeight lm_head;  // [vocab, d] (a view of embed when tied)
-};
-
-// The module names of a layer's linears, in Hugging Face spelling.
-inline constexpr const char* kLinearNames[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                               "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                               "mlp.down_proj"};
-// The linear of `layer` called `name` (one of kLinearNames).
-QuantWeight& layer_linear(LayerWeights& layer, std::string_view name);
-const QuantWeight& layer_linear(const LayerWeights& layer, std::string_view name);
-
-// Sees the input of every linear (and the K/V written to the cache) while a
-// layer runs: calibration for quantization. name is one of kLinearNames,
-// or "k_cache" / "v_cache" with the rotated keys / values [n, n_kv*hd].
+// Sees the input of every linear module (and the K/V written to the cache)
+// while a layer runs: calibration for quantization. name is a module of the
+// layer ("self_attn.q_proj", ...; layer_linear_modules), or "k_cache" /
+// "v_cache" with the rotated keys / values [n, n_kv * head_dim].
 using LayerObserver = std::function<void(std::string_view name, const Tensor& input /*[n, in] F32*/)>;
 
-// Which optional parts an architecture has.
-struct ArchTraits {
-  bool qkv_bias = false;
-  bool qk_norm = false;
+// Which shard a DecoderModel holds (size 1: the whole model).
+struct TensorParallelRank {
+  int rank = 0, size = 1;
+  Communicator* comm = nullptr;  // joins the ranks when size > 1 (not owned)
 };
 
-// Looks up a weight by its Hugging Face name, checking its shape; throws
-// kite::Error naming the file and tensor when it is missing or mis-shaped.
-using WeightLookup = std::function<Tensor(const std::string& name, const Shape& expected)>;
-using WeightExists = std::function<bool(const std::string& name)>;
-// Loads the linear `module` ("model.layers.3.mlp.up_proj", "lm_head") of
-// logical shape [out, in], dense or quantized.
-using LinearLookup = std::function<QuantWeight(const std::string& module, int64_t out, int64_t in)>;
-
-DecoderWeights load_decoder_weights(const ModelConfig& config, const ArchTraits& traits, const WeightLookup& get,
-                                    const WeightExists& has, const LinearLookup& get_linear = {});
-
+// A checkpoint read on the host: its config and weights, not yet on a device.
+struct LoadedCheckpoint {
+  ModelConfig config;
+  std::string path;
+  std::shared_ptr<ModelWeights> weights;
+};
 class DecoderModel : public Model {
  public:
-  // rope_freq_factors: per-frequency divisors of inv_freq ([rotary_dim / 2]),
-  // how GGUF files store Llama 3 RoPE scaling (tensor rope_freqs.weight);
-  // empty when the config's rope type says it all.
-  DecoderModel(ModelConfig config, std::string path, DecoderWeights weights, std::vector<std::shared_ptr<void>> keep,
-               std::vector<float> rope_freq_factors = {});
-  size_t weight_bytes() const override;
-  Device device() const override { return w_.embed.device(); }
-  Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) override;
-  Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) override;
+  // Builds rank tp.rank's shard of `weights` on `device` (CPU: tensors
+  // used where they lie; CUDA: packed by each Linear's kernel). Throws
+  // kite::Error for a weight no kernel of the device runs (naming the
+  // tensor, scheme and device) and for head or MLP counts the ranks cannot
+  // split evenly.
+  DecoderModel(ModelConfig config, std::string path, std::shared_ptr<ModelWeights> weights, Device device = kCpu,
+               TensorParallelRank tp = {});
+  ~DecoderModel() override;
 
-  // Layer by layer, for calibration: the embeddings of `tokens` ([n, d]),
-  // and layer `l` run in place over one whole sequence x ([n, d], positions
-  // 0..n-1, no cache), reporting each linear's input to `observer`.
+  Device device() const override { return device_; }
+  DType kv_dtype() const override { return act_; }
+  size_t weight_bytes() const override { return weight_bytes_; }
+  const Architecture& architecture() const { return *arch_; }
+  // The shapes this rank runs: heads, KV heads and MLP width divided by the ranks.
+  const ModelConfig& shard_config() const { return local_; }
+  PagedKvCache create_kv_cache(int64_t num_blocks, int64_t block_size) override;
+  size_t kv_bytes_per_block(int64_t block_size) const override;
+
+  Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) override;
+  std::vector<int32_t> forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) override;
+  bool has_device_argmax() const override { return true; }
+  std::vector<ops::SampledToken> forward_batch_sample(const BatchInput& batch, PagedKvCache& cache,
+                                                      ops::SampleBatch& sample) override;
+  // Records decode steps as device graphs for the padded batch sizes up to
+  // max_num_seqs, on `cache` (CUDA only; nothing on the CPU).
+  void prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t max_model_len, bool enforce_eager) override;
+  size_t activation_bytes(int64_t max_batched_tokens, int64_t max_num_seqs) override;
+  size_t num_graphs() const { return graphs_.size(); }
+  // Device time of one decode step of `batch` sequences, its graph replayed
+  // `reps` times back to back (ms per replay); 0 when no graph fits.
+  double graph_step_ms(int64_t batch, int reps);
+  size_t graph_memory_bytes() const { return graph_bytes_; }
+  // The kernel each linear slot of layer 0 and the lm_head run ("qkv:
+  // cuda_bf16_cublaslt", ...), for start-up lines and tests.
+  std::vector<std::string> kernel_summary() const;
+
+  // Calibration (quantization), layer by layer on one whole sequence
+  // (positions 0..n-1, no cache kept): the embeddings of `tokens` ([n, d]
+  // in the activation dtype), and layer l run in place over x, reporting
+  // each linear module's input to `observer`.
   Tensor embed(std::span<const int32_t> tokens);
   void run_layer(int64_t l, Tensor& x, const LayerObserver& observer);
-  // The weights, to be replaced by quantized ones (same shapes).
-  DecoderWeights& weights() { return w_; }
-  const DecoderWeights& weights() const { return w_; }
+  // The logical weights; after changing a layer's (or the lm_head's), call
+  // rebuild_layer(l) (rebuild_lm_head()) so its Linears use them.
+  ModelWeights& weights() { return *weights_; }
+  std::shared_ptr<ModelWeights> shared_weights() const { return weights_; }
+  // This model's config, path and (shared) weights, to build other runners
+  // from (tensor-parallel ranks, another device).
+  LoadedCheckpoint checkpoint() const { return {config_, path_, weights_}; }
+  const ModelWeights& weights() const { return *weights_; }
+  void rebuild_layer(int64_t l);
+  void rebuild_lm_head();
+
+  // The activations of one forward over n tokens with m logit rows.
+  struct Work {
+    Tensor residual, h, y;          // [n, d]
+    std::vector<Tensor> buffers;    // the architecture's: [n, cols_i]
+    Tensor q;                       // [n, n_heads, hd] rotated queries
+    Tensor last_y, last_r, normed;  // [m, d]
+    Tensor logits;                  // [m, vocab] F32
+    Tensor ids;                     // [m] I32
+    Tensor shard_logits;            // [m, vocab_shard] F32 (tensor parallel)
+    Tensor gathered;                // [ranks, m, vocab_shard] F32 (tensor parallel)
+    Tensor rope_freqs;              // [n, rotary / 2] F32 per-token frequencies (dynamic RoPE), else undefined
+    std::vector<const Tensor*> all() const;
+  };
+  // The index arrays of a batch on the device.
+  struct Indices {
+    Tensor tokens, positions, slots, query_start, context_lens, block_tables, rows;
+  };
 
  private:
-  // What differs between the contiguous and the paged forward: RoPE on the
-  // new q/k, storing k/v, and attention over the cache.
-  // q: [n, n_heads, hd], k, v: [n, n_kv, hd], out: [n, n_heads, hd].
-  using Attend = std::function<void(int64_t layer, Tensor q, Tensor k, Tensor v, Tensor& out)>;
-  // The layers over `tokens`; returns the logits of `logit_rows` ([m, vocab] F32 on the CPU).
-  Tensor run(std::span<const int32_t> tokens, std::span<const int32_t> logit_rows, const Attend& attend);
+  class RunnerStep;
+  void build_layer(int64_t l);
+  void build_globals();
+  Work allocate_work(int64_t n, int64_t m) const;
+  Work work_prefix(const Work& w, int64_t n, int64_t m) const;
+  // Every op of the forward over preallocated buffers (graph-safe under
+  // ops::TrustedIndices). kv: per layer, the K and V cache tensors.
+  void run(const Indices& ix, int64_t n, int64_t m, const ops::PagedAttentionHints& hints, Work& w,
+           PagedKvCache& cache);
+  Work forward_eager(const BatchInput& b, PagedKvCache& cache);
+  bool forward_graph(const BatchInput& b, PagedKvCache& cache, int64_t* rows);
+  size_t graph_for(int64_t n) const;
+  void upload_graph_inputs(const BatchInput* b, int64_t padded);
+  void check_batch(const BatchInput& b, const PagedKvCache& cache) const;
   void check_tokens(std::span<const int32_t> tokens, const char* source) const;
-  void attention_block(const LayerWeights& w, int64_t layer, const Tensor& x /*[n, d]*/, const Attend& attend,
-                       Tensor& out /*[n, d]*/, const LayerObserver* observer);
-  void mlp_block(const MlpWeights& w, const Tensor& x /*[n, d]*/, Tensor& out /*[n, d]*/,
-                 const LayerObserver* observer);
-  void layer(int64_t l, Tensor& x, Tensor& h, Tensor& y, const Attend& attend, const LayerObserver* observer);
+  // Per-token RoPE frequencies of a batch (dynamic NTK), [n, rotary / 2] F32 on the device.
+  Tensor dynamic_rope_freqs(const BatchInput& b) const;
+  void all_reduce(Tensor& y);
+  // The last layer's logit rows through the final norm and lm_head; their argmax.
+  void logits_into(const Indices& ix, Work& w);
 
-  DecoderWeights w_;
-  std::vector<std::shared_ptr<void>> keep_;  // mapped files backing the weights
-  RopeFrequencies rope_for(int64_t seq_len) const;
+  std::shared_ptr<ModelWeights> weights_;
+  const Architecture* arch_ = nullptr;
+  Device device_;
+  TensorParallelRank tp_;
+  ModelConfig local_;        // this rank's head and MLP counts
+  DType act_ = DType::F32;   // activations and KV cache: F32 on the CPU, BF16 on CUDA
+  int64_t vocab_shard_ = 0;  // rows of embed_/lm_head_ per rank (the last rank's padded with zeros)
+  size_t weight_bytes_ = 0;
+  LayerSpec spec_;                                      // the architecture's layer spec (global weights, local buffers)
+  std::vector<std::vector<std::string>> slot_modules_;  // per linear slot, its modules (observers)
+  Tensor embed_;                                        // [vocab_shard, d] on the device
+  Tensor final_norm_;                                   // [d]
+  Linear lm_head_;                                      // [vocab_shard, d]
+  std::vector<Layer> layers_;
+  size_t layer_bytes_total_ = 0;
+  std::vector<size_t> layer_bytes_;
+  Tensor inv_freq_;  // [rotary / 2] F32 on the device (static RoPE)
+  float attention_factor_ = 1.0f;
+  bool dynamic_rope_ = false;
 
-  std::vector<float> rope_freq_factors_;
-  RopeFrequencies static_rope_;
+  // Decode graphs: one per padded batch size, sharing one set of buffers.
+  std::vector<int64_t> graph_sizes_;
+  std::vector<DeviceGraph> graphs_;
+  const void* graph_cache_ = nullptr;  // the cache the graphs write (k(0)'s data)
+  int64_t graph_max_blocks_ = 0;       // block-table width of the graphs
+  Work graph_work_;
+  Tensor graph_in_;  // [inputs] I32 on the device
+  Indices graph_ix_;
+  size_t graph_bytes_ = 0;
 };
 
-// load_model for a checkpoint that must be a DecoderModel (what the device
-// and tensor-parallel paths build from); kite::Error naming `purpose` else.
+// Reads a Hugging Face model directory or a .gguf file (model/loader.cpp).
+LoadedCheckpoint load_checkpoint(const std::string& path);
+
+// Builds the DecoderModel of `path` on `device` (loading the weights on
+// the host first).
+std::unique_ptr<Model> load_model_on(const std::string& path, Device device);
+// load_model for a checkpoint that must be a DecoderModel (what the
+// calibration and tensor-parallel paths build from); kite::Error naming
+// `purpose` else.
 std::unique_ptr<DecoderModel> load_decoder_model(const std::string& path, const std::string& purpose);
 
 }  // namespace kite

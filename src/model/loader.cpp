@@ -1,11 +1,13 @@
 // load_model: Hugging Face directories (safetensors) and GGUF files.
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
+#include "model/arch/arch.h"
 #include "model/decoder.h"
 #include "model/quantized_checkpoint.h"
 
@@ -13,15 +15,34 @@ namespace kite {
 
 namespace {
 
-// What each supported family adds to the shared decoder.
-ArchTraits arch_traits(const ModelConfig& c) {
-  switch (c.arch) {
-    case Arch::Llama:
-    case Arch::Mistral: return ArchTraits{.qkv_bias = c.attention_bias, .qk_norm = false};
-    case Arch::Qwen2: return ArchTraits{.qkv_bias = true, .qk_norm = false};
-    case Arch::Qwen3: return ArchTraits{.qkv_bias = c.attention_bias, .qk_norm = true};
+using WeightLookup = std::function<Tensor(const std::string& name, const Shape& expected)>;
+using WeightExists = std::function<bool(const std::string& name)>;
+
+// Every weight the architecture declares, read through get / get_linear
+// (dense or quantized linears) on the host.
+std::shared_ptr<ModelWeights> read_weights(const ModelConfig& c, const std::string& source, const WeightLookup& get,
+                                           const WeightExists& has, const LinearLookup& get_linear_opt) {
+  const LinearLookup get_linear = get_linear_opt ? get_linear_opt : [&](const std::string& m, int64_t out, int64_t in) {
+    return QuantWeight::from_dense(get(m + ".weight", {out, in}));
+  };
+  const Architecture& arch = architecture_for(c, source);
+  const LayerSpec spec = arch.layer_spec(c, c);
+  auto w = std::make_shared<ModelWeights>();
+  const int64_t d = c.hidden_size;
+  w->tensors["model.embed_tokens.weight"] = get("model.embed_tokens.weight", {c.vocab_size, d});
+  w->tensors["model.norm.weight"] = get("model.norm.weight", {d});
+  if (!(c.tie_word_embeddings && !has("lm_head.weight")))
+    w->linears["lm_head"] = get_linear("lm_head", c.vocab_size, d);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (const TensorSlot& t : spec.tensors) w->tensors[p + t.name] = get(p + t.name, t.shape);
+    for (const LinearSlot& slot : spec.linears)
+      for (const LinearPart& part : slot.parts) {
+        w->linears[p + part.module] = get_linear(p + part.module, part.out, part.in);
+        if (part.bias) w->tensors[p + part.module + ".bias"] = get(p + part.module + ".bias", {part.out});
+      }
   }
-  return {};
+  return w;
 }
 
 void check_shape(const Tensor& t, const Shape& expected, const std::string& file, const std::string& name,
@@ -32,14 +53,14 @@ void check_shape(const Tensor& t, const Shape& expected, const std::string& file
     fail(file, name, "dtype {} is not a supported weight dtype here (F32, F16, BF16)", dtype_name(t.dtype()));
 }
 
-std::unique_ptr<Model> load_hf(const std::string& dir, const LoadOptions& options) {
+LoadedCheckpoint load_hf(const std::string& dir) {
   ModelConfig config = load_model_config(dir);
   const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
   Checkpoint ckpt = Checkpoint::open(dir);
   auto get = [&](const std::string& name, const Shape& expected) {
     Tensor t = ckpt.get(name);
     check_shape(t, expected, ckpt.file_of(name), name, config_path);
-    return options.device.is_cpu() ? t : t.to(options.device);
+    return t;
   };
   auto has = [&](const std::string& name) { return ckpt.has(name); };
   // A quantized checkpoint (Kite's, AutoGPTQ, AutoAWQ, compressed-tensors,
@@ -54,11 +75,10 @@ std::unique_ptr<Model> load_hf(const std::string& dir, const LoadOptions& option
     else if (std::filesystem::exists(qc_file))
       quant_config = read_text_file(qc_file.string());
   }
-  if (!quant_config.empty()) get_linear = quantized_linear_lookup(ckpt, config_path, quant_config, options.device);
-  DecoderWeights w = load_decoder_weights(config, arch_traits(config), get, has, get_linear);
-  std::vector<std::shared_ptr<void>> keep;
-  for (const auto& f : ckpt.files()) keep.push_back(std::const_pointer_cast<SafetensorsFile>(f));
-  return std::make_unique<DecoderModel>(std::move(config), dir, std::move(w), std::move(keep));
+  if (!quant_config.empty()) get_linear = quantized_linear_lookup(ckpt, config_path, quant_config);
+  std::shared_ptr<ModelWeights> w = read_weights(config, config_path, get, has, get_linear);
+  for (const auto& f : ckpt.files()) w->keep.push_back(std::const_pointer_cast<SafetensorsFile>(f));
+  return {std::move(config), dir, std::move(w)};
 }
 
 // GGUF stores llama/mistral Q and K rows permuted for interleaved (GPT-J
@@ -87,13 +107,24 @@ std::string gguf_name(const std::string& hf) {
   for (auto [a, b] : kTop)
     if (hf == a) return b;
   static const std::pair<const char*, const char*> kLayer[] = {
-      {"input_layernorm.weight", "attn_norm.weight"},    {"post_attention_layernorm.weight", "ffn_norm.weight"},
-      {"self_attn.q_proj.weight", "attn_q.weight"},      {"self_attn.k_proj.weight", "attn_k.weight"},
-      {"self_attn.v_proj.weight", "attn_v.weight"},      {"self_attn.o_proj.weight", "attn_output.weight"},
-      {"self_attn.q_proj.bias", "attn_q.bias"},          {"self_attn.k_proj.bias", "attn_k.bias"},
-      {"self_attn.v_proj.bias", "attn_v.bias"},          {"self_attn.q_norm.weight", "attn_q_norm.weight"},
-      {"self_attn.k_norm.weight", "attn_k_norm.weight"}, {"mlp.gate_proj.weight", "ffn_gate.weight"},
-      {"mlp.up_proj.weight", "ffn_up.weight"},           {"mlp.down_proj.weight", "ffn_down.weight"},
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"self_attn.q_proj.bias", "attn_q.bias"},
+      {"self_attn.k_proj.bias", "attn_k.bias"},
+      {"self_attn.v_proj.bias", "attn_v.bias"},
+      {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"},
+      {"self_attn.o_proj.bias", "attn_output.bias"},
+      {"mlp.gate_proj.bias", "ffn_gate.bias"},
+      {"mlp.up_proj.bias", "ffn_up.bias"},
+      {"mlp.down_proj.bias", "ffn_down.bias"},
   };
   const std::string prefix = "model.layers.";
   if (hf.rfind(prefix, 0) == 0) {
@@ -105,7 +136,7 @@ std::string gguf_name(const std::string& hf) {
   return hf;
 }
 
-std::unique_ptr<Model> load_gguf(const std::string& path, const LoadOptions& options) {
+LoadedCheckpoint load_gguf(const std::string& path) {
   auto file = GgufFile::open(path);
   ModelConfig config = gguf_model_config(*file);
   const bool permuted = config.arch == Arch::Llama || config.arch == Arch::Mistral;
@@ -117,36 +148,31 @@ std::unique_ptr<Model> load_gguf(const std::string& path, const LoadOptions& opt
     check_shape(t, expected, path, name, "the GGUF metadata");
     if (permuted && (hf.ends_with("q_proj.weight") || hf.ends_with("k_proj.weight")))
       t = unpermute_qk(t, hf.ends_with("q_proj.weight") ? config.num_heads : config.num_kv_heads);
-    return options.device.is_cpu() ? t : t.to(options.device);
+    return t;
   };
   auto has = [&](const std::string& hf) { return file->find_tensor(gguf_name(hf)) != nullptr; };
   if (!has("lm_head.weight")) config.tie_word_embeddings = true;
-  DecoderWeights w = load_decoder_weights(config, arch_traits(config), get, has);
+  std::shared_ptr<ModelWeights> w = read_weights(config, path, get, has, {});
   // Llama 3.x GGUFs carry their RoPE scaling as per-frequency divisors.
-  std::vector<float> rope_factors;
-  if (file->find_tensor("rope_freqs.weight")) rope_factors = file->dequantize("rope_freqs.weight").to_floats();
-  return std::make_unique<DecoderModel>(std::move(config), path, std::move(w), std::vector<std::shared_ptr<void>>{},
-                                        std::move(rope_factors));
+  if (file->find_tensor("rope_freqs.weight")) w->rope_freq_factors = file->dequantize("rope_freqs.weight").to_floats();
+  return {std::move(config), path, std::move(w)};
 }
 
 }  // namespace
 
-std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
+LoadedCheckpoint load_checkpoint(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(path, ec)) fail(path, "model", "no such file or directory (expected a model directory or a .gguf)");
-  if (fs::is_directory(path, ec)) return load_hf(path, options);
-  if (path.ends_with(".gguf")) return load_gguf(path, options);
-  if (path.ends_with("config.json")) return load_hf(fs::path(path).parent_path().string(), options);
+  if (fs::is_directory(path, ec)) return load_hf(path);
+  if (path.ends_with(".gguf")) return load_gguf(path);
+  if (path.ends_with("config.json")) return load_hf(fs::path(path).parent_path().string());
   fail(path, "model", "expected a Hugging Face model directory (config.json + *.safetensors) or a .gguf file");
 }
 
-std::unique_ptr<DecoderModel> load_decoder_model(const std::string& path, const std::string& purpose) {
-  std::unique_ptr<Model> m = load_model(path);
-  auto* dec = dynamic_cast<DecoderModel*>(m.get());
-  if (!dec) fail(path, "model", "this model kind does not run {}", purpose);
-  m.release();
-  return std::unique_ptr<DecoderModel>(dec);
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
+  LoadedCheckpoint c = load_checkpoint(path);
+  return std::make_unique<DecoderModel>(std::move(c.config), std::move(c.path), std::move(c.weights), options.device);
 }
 
 }  // namespace kite

@@ -13,23 +13,6 @@
 
 namespace kite {
 
-// Contiguous per-sequence KV cache (the paged cache belongs to the engine).
-class KvCache {
- public:
-  KvCache(const ModelConfig& config, int64_t max_tokens, Device device = kCpu);
-  int64_t capacity() const { return capacity_; }
-  int64_t size() const { return size_; }  // tokens stored
-  void set_size(int64_t n);
-  void clear() { size_ = 0; }
-  Tensor& k(int64_t layer) { return k_[size_t(layer)]; }  // [capacity, n_kv_heads, head_dim]
-  Tensor& v(int64_t layer) { return v_[size_t(layer)]; }  // [capacity, n_kv_heads, head_dim]
-
- private:
-  int64_t capacity_;
-  int64_t size_ = 0;
-  std::vector<Tensor> k_, v_;
-};
-
 // Paged K/V storage for the engine: per layer, K and V of
 // [num_blocks, block_size, n_kv_heads, head_dim] in the model's KV dtype
 // (F32 on the CPU, BF16 on CUDA). Which slots belong to which sequence is
@@ -51,6 +34,8 @@ class PagedKvCache {
   // Layers of an unsharded cache (num_shards() == 0).
   Tensor& k(int64_t layer) { return k_.at(size_t(layer)); }  // [num_blocks, block_size, n_kv_heads, head_dim]
   Tensor& v(int64_t layer) { return v_.at(size_t(layer)); }  // [num_blocks, block_size, n_kv_heads, head_dim]
+  const Tensor& k(int64_t layer) const { return k_.at(size_t(layer)); }
+  const Tensor& v(int64_t layer) const { return v_.at(size_t(layer)); }
   int num_shards() const { return int(shards_.size()); }
   PagedKvCache& shard(int rank) { return shards_.at(size_t(rank)); }
   // Copies block src's K/V into block dst in every layer (copy-on-write).
@@ -60,6 +45,29 @@ class PagedKvCache {
   int64_t num_blocks_, block_size_;
   std::vector<Tensor> k_, v_;
   std::vector<PagedKvCache> shards_;
+};
+
+class Model;
+
+// One sequence's KV cache for Model::forward (single-sequence generation,
+// perplexity): a paged cache of the model's own (its device and KV dtype)
+// whose blocks the sequence holds in order.
+class KvCache {
+ public:
+  KvCache(const ModelConfig& config, int64_t max_tokens);
+  ~KvCache();
+  KvCache(KvCache&&) noexcept;
+  int64_t capacity() const { return capacity_; }
+  int64_t size() const { return size_; }  // tokens stored
+  void set_size(int64_t n);
+  void clear() { size_ = 0; }
+  static constexpr int64_t kBlockSize = 16;
+
+ private:
+  friend class Model;
+  int64_t capacity_;
+  int64_t size_ = 0;
+  std::unique_ptr<PagedKvCache> paged_;  // made by the first forward
 };
 
 // One engine step: the new tokens of several sequences, concatenated
@@ -103,10 +111,11 @@ class Model {
   // has its other nodes copy theirs too.
   virtual void copy_kv_block(PagedKvCache& cache, int64_t src, int64_t dst) { cache.copy_block(src, dst); }
 
-  // Runs tokens at positions [cache.size(), cache.size() + n), appends their
-  // K/V to the cache and returns logits: [n, vocab] when all_logits, else
-  // [1, vocab] for the last token. F32 on the CPU.
-  virtual Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) = 0;
+  // Runs tokens at positions [cache.size(), cache.size() + n) of one
+  // sequence (through forward_batch), appends their K/V to the cache and
+  // returns logits: [n, vocab] when all_logits, else [1, vocab] for the last
+  // token. F32 on the CPU.
+  Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits);
 
   // Runs one batch over the paged cache: writes each token's K/V to its
   // slot, attends through the block tables, and returns the logits of

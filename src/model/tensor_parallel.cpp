@@ -22,12 +22,12 @@ enum class TensorParallelModel::Op : uint32_t {
 
 namespace {}  // namespace
 
-TensorParallelModel::TensorParallelModel(const DecoderModel& src, const std::vector<Device>& devices,
+TensorParallelModel::TensorParallelModel(const LoadedCheckpoint& src, const std::vector<Device>& devices,
                                          std::vector<std::unique_ptr<Communicator>> comms,
                                          std::vector<Socket> remote_nodes)
     : devices_(devices), comms_(std::move(comms)), remotes_(std::move(remote_nodes)) {
-  config_ = src.config();
-  path_ = src.path();
+  config_ = src.config;
+  path_ = src.path;
   const int n = int(devices_.size());
   if (n < 1 || int(comms_.size()) != n)
     fail(path_, "tensor_parallel_size", "{} devices for {} communicators", n, comms_.size());
@@ -38,8 +38,8 @@ TensorParallelModel::TensorParallelModel(const DecoderModel& src, const std::vec
   try {
     on_ranks([&](int r) {
       Communicator& c = *comms_[size_t(r)];
-      ranks_[size_t(r)] =
-          std::make_unique<DeviceDecoderModel>(src, devices_[size_t(r)], TensorParallelRank{c.rank(), c.size(), &c});
+      ranks_[size_t(r)] = std::make_unique<DecoderModel>(src.config, src.path, src.weights, devices_[size_t(r)],
+                                                         TensorParallelRank{c.rank(), c.size(), &c});
     });
   } catch (...) {
     stop_threads();  // the destructor does not run for a constructor that throws
@@ -180,12 +180,6 @@ void TensorParallelModel::copy_kv_block(PagedKvCache& cache, int64_t src, int64_
   send_remote(Op::CopyBlock, Wire().put(src).put(dst));
   cache.copy_block(src, dst);
   wait_remote();
-}
-
-Tensor TensorParallelModel::forward(std::span<const int32_t>, KvCache&, bool) {
-  throw Error(path_, "tensor_parallel_size",
-              "a tensor-parallel model runs through the engine (kite generate, serve, bench); kite ppl runs on one "
-              "device");
 }
 
 Tensor TensorParallelModel::forward_batch(const BatchInput& batch, PagedKvCache& cache) {
@@ -332,7 +326,7 @@ std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int s
   if (first.is_cpu() && local != 1)
     fail(src, "tensor_parallel_size",
          "on the CPU a multi-node job runs one rank per node; use --tensor-parallel-size {}", k.nnodes);
-  auto dec = load_decoder_model(path, "tensor-parallel");
+  const LoadedCheckpoint dec = load_checkpoint(path);
   const std::vector<Device> devices = local_devices(first, local);
   std::vector<Socket> nodes;  // node 0: to nodes 1 ..
   Socket to_node0;            // other nodes
@@ -362,7 +356,7 @@ std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int s
     comms.push_back(make_tcp_communicator(k.node_rank, k.nnodes, k.master_addr, k.master_port + 1, k.timeout_s));
   else
     comms = join_nccl(nccl_id, size, first_rank, devices);
-  auto model = std::make_unique<TensorParallelModel>(*dec, devices, std::move(comms), std::move(nodes));
+  auto model = std::make_unique<TensorParallelModel>(dec, devices, std::move(comms), std::move(nodes));
   if (k.node_rank == 0) return model;
   model->serve_node(to_node0);
   return nullptr;
@@ -375,11 +369,11 @@ std::unique_ptr<Model> load_model_parallel(const std::string& path, Device first
   if (size < 1) fail("kite", "tensor_parallel_size", "{} is invalid; expected 1 or more", size);
   if (cluster.nnodes > 1) return load_cluster(path, first, size, cluster);
   if (size == 1) return load_model_on(path, first);
-  auto dec = load_decoder_model(path, "tensor-parallel");
+  const LoadedCheckpoint dec = load_checkpoint(path);
   const std::vector<Device> devices = local_devices(first, size);
   std::vector<std::unique_ptr<Communicator>> comms =
       first.is_cpu() ? make_local_communicators(size) : make_nccl_communicators(devices);
-  return std::make_unique<TensorParallelModel>(*dec, devices, std::move(comms));
+  return std::make_unique<TensorParallelModel>(dec, devices, std::move(comms));
 }
 
 }  // namespace kite

@@ -1,6 +1,6 @@
 #pragma once
 // One model over several devices (tensor parallelism, Megatron-style: see
-// model/device_decoder.h for how the weights split). The engine sees one
+// model/decoder.h for how the weights split). The engine sees one
 // Model: each call runs on every rank at once, each rank on its own thread
 // bound to its device, with the same batch (the scheduler runs once, in the
 // engine; the step is "broadcast" by handing every rank thread the same
@@ -20,7 +20,7 @@
 
 #include "backend/communicator.h"
 #include "core/socket.h"
-#include "model/device_decoder.h"
+#include "model/decoder.h"
 
 namespace kite {
 
@@ -30,7 +30,7 @@ class TensorParallelModel : public Model {
   // remote_nodes: node 0's connections to the other nodes (empty on one
   // node, and on the other nodes themselves). Throws kite::Error when the
   // model cannot be split over that many ranks.
-  TensorParallelModel(const DecoderModel& src, const std::vector<Device>& devices,
+  TensorParallelModel(const LoadedCheckpoint& src, const std::vector<Device>& devices,
                       std::vector<std::unique_ptr<Communicator>> comms, std::vector<Socket> remote_nodes = {});
   ~TensorParallelModel() override;
 
@@ -42,7 +42,6 @@ class TensorParallelModel : public Model {
   void copy_kv_block(PagedKvCache& cache, int64_t src, int64_t dst) override;
   size_t kv_bytes_per_block(int64_t block_size) const override { return ranks_[0]->kv_bytes_per_block(block_size); }
 
-  Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) override;
   Tensor forward_batch(const BatchInput& batch, PagedKvCache& cache) override;
   std::vector<int32_t> forward_batch_argmax(const BatchInput& batch, PagedKvCache& cache) override;
   bool has_device_argmax() const override { return true; }
@@ -53,7 +52,7 @@ class TensorParallelModel : public Model {
   void prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t max_model_len, bool enforce_eager) override;
   size_t activation_bytes(int64_t max_batched_tokens, int64_t max_num_seqs) override;
 
-  DeviceDecoderModel& rank(int r) { return *ranks_[size_t(r)]; }
+  DecoderModel& rank(int r) { return *ranks_[size_t(r)]; }
   // Graph replay time of one decode step (rank 0's graph, every rank replaying).
   double graph_step_ms(int64_t batch, int reps);
 
@@ -81,7 +80,7 @@ class TensorParallelModel : public Model {
 
   std::vector<Device> devices_;
   std::vector<std::unique_ptr<Communicator>> comms_;
-  std::vector<std::unique_ptr<DeviceDecoderModel>> ranks_;
+  std::vector<std::unique_ptr<DecoderModel>> ranks_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -1,4 +1,4 @@
-// The engine's device sampling (DeviceDecoderModel::forward_batch_sample, the
+// The engine's device sampling (DecoderModel::forward_batch_sample, the
 // CUDA ops::sample_rows) against host sampling of the same device logits (the
 // Model default: logits to the host, the CPU op) on the real model: seeded
 // sampled requests with top-k / top-p / min-p, penalties, min_tokens, logprobs,
@@ -12,7 +12,7 @@
 #include "backend/backend.h"
 #include "core/mapped_file.h"
 #include "engine/engine.h"
-#include "model/device_decoder.h"
+#include "model/decoder.h"
 
 namespace kite {
 namespace {
@@ -26,7 +26,6 @@ class HostSampled : public Model {
   Device device() const override { return inner_.device(); }
   DType kv_dtype() const override { return inner_.kv_dtype(); }
   size_t weight_bytes() const override { return inner_.weight_bytes(); }
-  Tensor forward(std::span<const int32_t> t, KvCache& c, bool all) override { return inner_.forward(t, c, all); }
   Tensor forward_batch(const BatchInput& b, PagedKvCache& c) override { return inner_.forward_batch(b, c); }
   std::vector<int32_t> forward_batch_argmax(const BatchInput& b, PagedKvCache& c) override {
     return inner_.forward_batch_argmax(b, c);

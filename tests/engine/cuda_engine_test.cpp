@@ -11,7 +11,7 @@
 #include "backend/backend.h"
 #include "core/mapped_file.h"
 #include "engine/engine.h"
-#include "model/device_decoder.h"
+#include "model/decoder.h"
 
 namespace kite {
 namespace {

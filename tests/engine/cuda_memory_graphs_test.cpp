@@ -13,7 +13,7 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "engine/engine.h"
-#include "model/device_decoder.h"
+#include "model/decoder.h"
 
 namespace kite {
 namespace {
@@ -82,7 +82,7 @@ std::vector<std::vector<float>> decode_logits(Model& m, bool eager, int batch, s
   c.scheduler.max_num_seqs = 8;
   c.enforce_eager = eager;
   Engine e(m, nullptr, c);
-  if (auto* dm = dynamic_cast<DeviceDecoderModel*>(&m)) {
+  if (auto* dm = dynamic_cast<DecoderModel*>(&m)) {
     EXPECT_EQ(dm->num_graphs(), eager ? 0u : 4u) << "graphs for padded batches 1, 2, 4, 8";
   }
   std::vector<std::vector<float>> out;

@@ -162,7 +162,7 @@ TEST(CudaTensorParallel, TwoRanksOnOneGpuMatchOne) {
   const Device gpu0{DeviceKind::CUDA, 0};
   auto one = load_model_on(kModel, gpu0);
   std::unique_ptr<Model> cpu = load_model(kModel);
-  TensorParallelModel two(dynamic_cast<DecoderModel&>(*cpu), {gpu0, gpu0}, make_local_communicators(2));
+  TensorParallelModel two(dynamic_cast<DecoderModel&>(*cpu).checkpoint(), {gpu0, gpu0}, make_local_communicators(2));
   EXPECT_EQ(two.rank(1).shard_config().num_kv_heads, 1);
   expect_error_like_one_rank(*cpu, *one, two, ref["greedy"]);
   expect_same_greedy(*one, two, ref["greedy"], "CudaTensorParallel (2 ranks on 1 GPU)", kTpTieGap);

@@ -19,7 +19,6 @@ class CountingModel : public Model {
   explicit CountingModel(Model& inner) : inner_(inner) { config_ = inner.config(); }
   Device device() const override { return inner_.device(); }
   size_t weight_bytes() const override { return inner_.weight_bytes(); }
-  Tensor forward(std::span<const int32_t> t, KvCache& c, bool all) override { return inner_.forward(t, c, all); }
   Tensor forward_batch(const BatchInput& b, PagedKvCache& c) override {
     ++logits_calls;
     return inner_.forward_batch(b, c);

@@ -45,8 +45,8 @@ TEST(TensorParallel, EngineGreedyOutputsEqualOneRank) {
         for (SampleOutput& s : o.samples) out[o.id].insert(out[o.id].end(), s.token_ids.begin(), s.token_ids.end());
     return out;
   };
-  DeviceDecoderModel one(*src, kCpu);
-  TensorParallelModel tp(*src, {kCpu, kCpu}, make_local_communicators(2));
+  DecoderModel& one = *src;
+  TensorParallelModel tp(src->checkpoint(), {kCpu, kCpu}, make_local_communicators(2));
   for (bool sampled : {false, true}) {
     SCOPED_TRACE(sampled ? "seeded sampling" : "greedy");
     const auto a = run(one, sampled), b = run(tp, sampled);

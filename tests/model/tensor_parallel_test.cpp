@@ -73,8 +73,8 @@ void check_same_logits(const std::string& path, int ranks) {
   auto src = load_decoder_model(path, "tensor-parallel");
   ASSERT_TRUE(src);
   const int64_t vocab = src->config().vocab_size;
-  DeviceDecoderModel one(*src, kCpu);
-  TensorParallelModel tp(*src, std::vector<Device>(size_t(ranks), kCpu), make_local_communicators(ranks));
+  DecoderModel& one = *src;
+  TensorParallelModel tp(src->checkpoint(), std::vector<Device>(size_t(ranks), kCpu), make_local_communicators(ranks));
   EXPECT_EQ(tp.tensor_parallel_size(), ranks);
   const int64_t local_kv = std::max<int64_t>(1, src->config().num_kv_heads / ranks);  // replicated beyond n_kv ranks
   EXPECT_EQ(tp.kv_bytes_per_block(4) * size_t(src->config().num_kv_heads),
@@ -103,8 +103,8 @@ TEST(TensorParallel, SameLogitsOnceKvHeadsAreOnePerRank) {
   // llama fixture: 4 heads, 2 KV heads: 2 ranks hold one KV head each.
   auto src = load_decoder_model(kFixtures + "llama", "tensor-parallel");
   ASSERT_TRUE(src);
-  DeviceDecoderModel one(*src, kCpu);
-  TensorParallelModel tp(*src, {kCpu, kCpu}, make_local_communicators(2));
+  DecoderModel& one = *src;
+  TensorParallelModel tp(src->checkpoint(), {kCpu, kCpu}, make_local_communicators(2));
   EXPECT_EQ(tp.rank(1).shard_config().num_kv_heads, 1);
   EXPECT_EQ(tp.rank(1).shard_config().num_heads, 2);
   EXPECT_EQ(tp.rank(1).shard_config().intermediate_size, 64);
@@ -116,13 +116,13 @@ TEST(TensorParallel, RefusesSplitsThatDoNotDivide) {
   auto src = load_decoder_model(kRef, "tensor-parallel");  // 6 heads, 2 KV heads, ffn 1024
   ASSERT_TRUE(src);
   try {
-    TensorParallelModel tp(*src, {kCpu, kCpu, kCpu}, make_local_communicators(3));
+    TensorParallelModel tp(src->checkpoint(), {kCpu, kCpu, kCpu}, make_local_communicators(3));
     FAIL() << "3 ranks cannot split an MLP of 1024";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("intermediate_size"), std::string::npos) << e.what();
   }
   try {
-    TensorParallelModel tp(*src, std::vector<Device>(4, kCpu), make_local_communicators(4));
+    TensorParallelModel tp(src->checkpoint(), std::vector<Device>(4, kCpu), make_local_communicators(4));
     FAIL() << "4 ranks cannot split 6 query heads";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("num_attention_heads"), std::string::npos) << e.what();

@@ -102,6 +102,9 @@ std::vector<ops::SampledToken> sample_rows(Tensor& logits, const ops::SampleBatc
 void register_add_rms_norm(Kernels& table);
 
 void register_kernels(Kernels& table) {
+  // Linear kernels, one line each (backend/linear.h), fastest first by rank.
+  register_linear_kernel(DeviceKind::CPU, make_dense_linear_kernel());
+  register_linear_kernel(DeviceKind::CPU, make_quant_linear_kernel());
   register_add_rms_norm(table);
   table.embedding = [](const Tensor& t, const Tensor& ids, Tensor& out) { embedding(t, ids, out); };
   table.embedding_shard = [](const Tensor& t, const Tensor& ids, int64_t first, Tensor& out) {

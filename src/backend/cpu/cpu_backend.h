@@ -1,9 +1,11 @@
 #pragma once
 // CPU backend: kernel table registration and feature detection.
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "backend/kernels.h"
+#include "backend/linear.h"
 
 namespace kite::cpu {
 
@@ -20,6 +22,9 @@ SimdLevel clamp_simd_level(SimdLevel want);
 const char* simd_name(SimdLevel level);
 
 void register_kernels(Kernels& table);
+// Linear kernels (backend/linear.h), one file each.
+std::unique_ptr<LinearKernel> make_dense_linear_kernel();  // linear_dense_kernel.cpp
+std::unique_ptr<LinearKernel> make_quant_linear_kernel();  // linear_q_kernel.cpp
 std::string description();
 
 }  // namespace kite::cpu

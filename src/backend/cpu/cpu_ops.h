@@ -4,6 +4,7 @@
 // Each SIMD-using kernel takes the level to run at, capped to what the CPU
 // supports, so tests can check every path in one process.
 #include <cstdint>
+#include <vector>
 
 #include "backend/cpu/cpu_backend.h"
 #include "core/quant_weight.h"
@@ -17,6 +18,18 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Sim
 void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y, SimdLevel level);
 // A quantized (not Dense) weight; perm values are range-checked here.
 void linear_q(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor& y, SimdLevel level);
+// What linear_q works out from the weight alone, once (a Linear's pack
+// step): src[p], the logical column of x feeding position p of the prepared
+// activations (act-order gather and 4-bit block reorder, linear_q_kernels.h),
+// and whether x can be read as it is.
+struct LinearQPlan {
+  std::vector<int32_t> src;  // [in]
+  bool as_is = false;
+};
+LinearQPlan plan_linear_q(const QuantWeight& w);
+// linear_q with the plan made and the bias ([out] F32 or null) converted beforehand.
+void linear_q(const Tensor& x, const QuantWeight& w, const LinearQPlan& plan, const float* bias, Tensor& y,
+              SimdLevel level);
 // cos/sin dominate rope and are evaluated in double: one path for every level.
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor);
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_start, float scale, Tensor& out,

@@ -91,31 +91,51 @@ void prepare(const Tensor& x, const QuantWeight& w, const std::vector<int32_t>& 
 
 }  // namespace
 
-void linear_q(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor& y, SimdLevel level) {
-  level = clamp_simd_level(level);
-  const int64_t n = x.dim(0), in = w.in, out = w.out;
-  if (n == 0) return;
+LinearQPlan plan_linear_q(const QuantWeight& w) {
+  LinearQPlan plan;
+  const int64_t in = w.in;
   const bool nibbles = w.scheme == QuantScheme::Int4 || w.scheme == QuantScheme::Nf4;
   const int64_t group = w.scheme == QuantScheme::Fp8 ? in : w.group;
-
   // src[p]: the logical column of x feeding position p of x'.
   const int32_t* perm = nullptr;
+  Tensor perm_host;
   if (w.perm.defined() && (w.scheme == QuantScheme::Int8 || w.scheme == QuantScheme::Int4)) {
-    perm = w.perm.data_as<const int32_t>();
+    perm_host = w.perm.device().is_cpu() ? w.perm : w.perm.to(kCpu);
+    perm = perm_host.data_as<const int32_t>();
     for (int64_t j = 0; j < in; ++j)
       if (perm[j] < 0 || perm[j] >= in)
         fail("op linear_q", "perm", "expected values in [0, {}), got {} at {}", in, perm[j], j);
   }
-  std::vector<int32_t> src(static_cast<size_t>(in));
+  plan.src.resize(size_t(in));
   bool identity = true;
   for (int64_t j = 0; j < in; ++j) {
     const int64_t p = prepared_pos(j, group, nibbles);
-    src[size_t(p)] = perm ? perm[j] : int32_t(j);
-    identity = identity && src[size_t(p)] == p;
+    plan.src[size_t(p)] = perm ? perm[j] : int32_t(j);
+    identity = identity && plan.src[size_t(p)] == p;
   }
+  plan.as_is = identity && !w.smooth.defined() && w.act == ActQuant::None;
+  return plan;
+}
+
+void linear_q(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor& y, SimdLevel level) {
+  std::vector<float> b;  // [out] bias in F32
+  if (bias) {
+    b.resize(size_t(w.out));
+    vec_ops(clamp_simd_level(level)).to_f32(bias->data(), bias->dtype(), b.data(), w.out);
+  }
+  linear_q(x, w, plan_linear_q(w), bias ? b.data() : nullptr, y, level);
+}
+
+void linear_q(const Tensor& x, const QuantWeight& w, const LinearQPlan& plan, const float* bias, Tensor& y,
+              SimdLevel level) {
+  level = clamp_simd_level(level);
+  const int64_t n = x.dim(0), in = w.in, out = w.out;
+  if (n == 0) return;
+  const int64_t group = w.scheme == QuantScheme::Fp8 ? in : w.group;
+  const std::vector<int32_t>& src = plan.src;
+  const bool as_is = plan.as_is;
 
   Prepared prep;
-  const bool as_is = identity && !w.smooth.defined() && w.act == ActQuant::None;
   if (!as_is) prepare(x, w, src, prep);
 
   LinearQArgs a{};
@@ -147,12 +167,7 @@ void linear_q(const Tensor& x, const QuantWeight& w, const Tensor* bias, Tensor&
     });
     a.xsum = prep.xsum.data();
   }
-  std::vector<float> b;  // [out] bias in F32
-  if (bias) {
-    b.resize(size_t(out));
-    vec_ops(level).to_f32(bias->data(), bias->dtype(), b.data(), out);
-    a.bias = b.data();
-  }
+  a.bias = bias;
 
   void (*cols)(const LinearQArgs&, int64_t, int64_t) = level == SimdLevel::Avx512 ? linear_q_cols_avx512
                                                        : level == SimdLevel::Avx2 ? linear_q_cols_avx2

@@ -135,6 +135,8 @@ bool register_backend(Kernels& table) {
   register_dense_kernels(table);
   register_attention_kernels(table);
   register_sampling_kernels(table);
+  // Linear kernels, one line each (backend/linear.h), fastest first by rank.
+  register_linear_kernel(DeviceKind::CUDA, make_bf16_linear_kernel());
   register_device_memory(DeviceKind::CUDA, &g_memory);
   return true;
 }

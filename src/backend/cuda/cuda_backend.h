@@ -7,6 +7,7 @@
 
 #include "backend/backend.h"
 #include "backend/kernels.h"
+#include "backend/linear.h"
 
 namespace kite::cuda {
 
@@ -14,6 +15,8 @@ namespace kite::cuda {
 // stream per device and fills the CUDA kernel table. Returns false
 // (registering nothing) when no CUDA device is usable.
 bool register_backend(Kernels& table);
+// Linear kernels (backend/linear.h), one file each.
+std::unique_ptr<LinearKernel> make_bf16_linear_kernel();  // linear_bf16_kernel.cpp
 // Waits for the device's stream (every kernel and copy Kite queues runs on it).
 void synchronize(int device_index);
 std::string description(int device_index);

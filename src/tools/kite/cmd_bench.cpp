@@ -11,7 +11,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "engine/engine.h"
-#include "model/device_decoder.h"
+#include "model/decoder.h"
 #include "model/generation.h"
 #include "model/tensor_parallel.h"
 #include "tools/kite/commands.h"
@@ -64,7 +64,7 @@ double peak_rss_mib() {
 Run add_bench(CLI::App& app) {
   struct Args {
     std::string model;
-    std::string device = "cpu";
+    std::string device = "auto";
     int tensor_parallel_size = 1;
     ClusterSpec cluster;
     int64_t batch = 1, prompt_len = 128, gen_len = 128, reps = 3;
@@ -156,7 +156,7 @@ Run add_bench(CLI::App& app) {
     // replayed back to back over the step's wall time in the engine.
     double busy = 0, gpu_step_ms = 0;
     if (best_step_ms > 0) {
-      if (auto* dm = dynamic_cast<DeviceDecoderModel*>(model.get()))
+      if (auto* dm = dynamic_cast<DecoderModel*>(model.get()))
         gpu_step_ms = dm->graph_step_ms(a->batch, 20);
       else if (auto* tp = dynamic_cast<TensorParallelModel*>(model.get()); tp && !dev.is_cpu())
         gpu_step_ms = tp->graph_step_ms(a->batch, 20);

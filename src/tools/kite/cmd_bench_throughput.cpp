@@ -17,7 +17,7 @@ namespace {
 
 struct ThroughputArgs {
   std::string model;
-  std::string device = "cpu";
+  std::string device = "auto";
   int tensor_parallel_size = 1;
   ClusterSpec cluster;
   std::string dataset;

@@ -13,7 +13,7 @@ namespace kite::cli {
 namespace {
 struct GenerateArgs {
   std::string model;
-  std::string device = "cpu";
+  std::string device = "auto";
   int tensor_parallel_size = 1;
   ClusterSpec cluster;
   std::string prompt;

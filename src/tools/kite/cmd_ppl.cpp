@@ -10,7 +10,7 @@ namespace kite::cli {
 
 Run add_ppl(CLI::App& app) {
   struct Args {
-    std::string model, text, kl_base;
+    std::string model, text, kl_base, device = "auto";
     int64_t ctx = 512, stride = 0;
     bool second_half = false, quiet = false;
   };
@@ -30,12 +30,13 @@ Run add_ppl(CLI::App& app) {
   c->add_option("--kl-base", a->kl_base,
                 "Base model (e.g. the unquantized checkpoint): also report KL divergence of the token "
                 "distributions against it and how often the top token agrees");
+  c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
   c->add_flag("--quiet,-q", a->quiet, "No progress on stderr");
   return [a] {
-    auto model = load_model(a->model);
+    auto model = load_model_for(a->model, a->device);
     auto tok = load_tokenizer_for(a->model);
     std::unique_ptr<Model> base;
-    if (!a->kl_base.empty()) base = load_model(a->kl_base);
+    if (!a->kl_base.empty()) base = load_model_for(a->kl_base, a->device);
     std::string text = read_text(a->text);
     auto ids = tok->encode(text, true);
     PerplexityOptions o;

@@ -8,8 +8,9 @@
 
 #include "core/error.h"
 #include "model/decoder.h"
-#include "model/quantize.h"
 #include "model/quantized_checkpoint.h"
+#include "quantize/checkpoint_writer.h"
+#include "quantize/quantize.h"
 #include "tools/kite/commands.h"
 #include "tools/kite/model_files.h"
 

@@ -7,7 +7,7 @@
 #include "core/error.h"
 #include "engine/async_engine.h"
 #include "formats/hf_config.h"
-#include "model/device_decoder.h"
+#include "model/decoder.h"
 #include "server/api_server.h"
 #include "tools/kite/commands.h"
 #include "tools/kite/model_files.h"
@@ -18,7 +18,7 @@ namespace {
 
 struct ServeArgs {
   std::string model;
-  std::string device = "cpu";
+  std::string device = "auto";
   int tensor_parallel_size = 1;
   ClusterSpec cluster;
   std::string host = "0.0.0.0";
@@ -124,7 +124,7 @@ int run_serve(const ServeArgs& a) {
   std::fprintf(stderr, "kite serve: maximum concurrency for %lld tokens per request: %.2fx\n", (long long)max_len,
                double(kv_tokens) / double(max_len));
   if (!model->device().is_cpu())
-    if (auto* dm = dynamic_cast<const DeviceDecoderModel*>(model.get()))
+    if (auto* dm = dynamic_cast<const DecoderModel*>(model.get()))
       std::fprintf(stderr, "kite serve: %zu decode graphs recorded (%s), %.2f GiB of graph buffers\n", dm->num_graphs(),
                    a.enforce_eager ? "--enforce-eager" : "batch 1 to --max-num-seqs",
                    double(dm->graph_memory_bytes()) / (1 << 30));

@@ -3,7 +3,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
-#include "model/device_decoder.h"
+#include "model/decoder.h"
 #include "model/tensor_parallel.h"
 #include "tools/kite/commands.h"
 
@@ -58,7 +58,12 @@ std::unique_ptr<Model> load_model_for(const std::string& path, const std::string
                                       const ClusterSpec& cluster) {
   if (tensor_parallel_size < 1)
     fail("--tensor-parallel-size", "tensor-parallel-size", "{} is invalid; expected 1 or more", tensor_parallel_size);
-  auto model = load_model_parallel(path, parse_device(device), tensor_parallel_size, cluster);
+  const Device dev = parse_device(device);
+  auto model = load_model_parallel(path, dev, tensor_parallel_size, cluster);
+  if (model)
+    std::fprintf(stderr, "kite: %s on %s%s (--device %s)\n", path.c_str(), dev.str().c_str(),
+                 tensor_parallel_size > 1 ? fmt::format(" and {} more devices", tensor_parallel_size - 1).c_str() : "",
+                 device.c_str());
   if (!model)
     std::fprintf(stderr, "kite: node %d of %d served node 0 until it finished\n", cluster.node_rank, cluster.nnodes);
   return model;

@@ -25,7 +25,7 @@ std::vector<int32_t> stop_ids_for(const std::string& path, const Model& model, c
 // the CPU); kite::Error otherwise or when CUDA is asked for but absent.
 Device parse_device(const std::string& spec);
 // load_model on `device` ("cpu", "cuda", "auto", ...): CUDA runs the BF16
-// device decoder (model/device_decoder.h); a tensor_parallel_size above 1
+// device decoder (model/decoder.h); a tensor_parallel_size above 1
 // splits it over that many devices from `device` on (model/tensor_parallel.h;
 // CPU ranks are threads).
 // With several nodes (cluster.nnodes > 1) only node 0 gets a model: the

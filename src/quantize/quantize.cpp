@@ -1,4 +1,4 @@
-#include "model/quantize.h"
+#include "quantize/quantize.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -302,8 +302,11 @@ class LayerQuantizer {
     }
     ModuleQuant head = opt_.module("lm_head");
     if (!head.skip) {
-      QuantWeight& w = model_.weights().lm_head;
-      w = quantize_one("lm_head", head, as_f32(w), nullptr, nullptr);
+      ModelWeights& mw = model_.weights();
+      const QuantWeight w =
+          mw.lm_head_tied() ? QuantWeight::from_dense(mw.tensor("model.embed_tokens.weight")) : mw.linear("lm_head");
+      mw.linears["lm_head"] = quantize_one("lm_head", head, as_f32(w), nullptr, nullptr);
+      model_.rebuild_lm_head();
     }
   }
 
@@ -401,8 +404,9 @@ class LayerQuantizer {
 
   // One stage: linears sharing one input, quantized together.
   void quantize_stage(int64_t l, const std::vector<std::string>& names) {
-    LayerWeights& lw = model_.weights().layers[size_t(l)];
+    ModelWeights& mw = model_.weights();
     const std::string prefix = "model.layers." + std::to_string(l) + ".";
+    auto layer_linear = [&](const std::string& n) -> QuantWeight& { return mw.linear(prefix + n); };
     // down_proj's scale migration folds into up_proj: decide it while
     // gate/up are still as the earlier stages left them.
     if (names[0] == "mlp.gate_proj") migrate_down(l);
@@ -418,7 +422,7 @@ class LayerQuantizer {
                      (m.method == QuantMethod::W8A8 && opt_.smoothquant_alpha > 0);
     }
     const bool kv = opt_.kv_cache_fp8 && names[0] == "self_attn.o_proj";
-    const int64_t in = layer_linear(lw, names[0]).in;
+    const int64_t in = layer_linear(names[0]).in;
     std::optional<quant::HessianAccumulator> hacc;
     if (need_h) hacc.emplace(in);
     RowSampler rows(512);
@@ -445,9 +449,9 @@ class LayerQuantizer {
 
     // Scale migration (AWQ search, SmoothQuant) into the preceding norm.
     std::vector<Tensor> ws;
-    for (const std::string& n : names) ws.push_back(as_f32(layer_linear(lw, n)));
-    Tensor* norm = names[0] == "self_attn.q_proj" ? &lw.attn_norm
-                   : names[0] == "mlp.gate_proj"  ? &lw.mlp_norm
+    for (const std::string& n : names) ws.push_back(as_f32(layer_linear(n)));
+    Tensor* norm = names[0] == "self_attn.q_proj" ? &mw.tensor(prefix + "input_layernorm.weight")
+                   : names[0] == "mlp.gate_proj"  ? &mw.tensor(prefix + "post_attention_layernorm.weight")
                                                   : nullptr;
     std::vector<float> act_absmax = need_absmax ? absmax.absmax().to_floats() : std::vector<float>{};
     std::vector<float> s;
@@ -469,7 +473,7 @@ class LayerQuantizer {
     float input_scale = 0;
     if (need_absmax) input_scale = *std::max_element(act_absmax.begin(), act_absmax.end()) / 448.0f;
     for (size_t i = 0; i < names.size(); ++i) {
-      QuantWeight& target = layer_linear(lw, names[i]);
+      QuantWeight& target = layer_linear(names[i]);
       if (mq[i].skip) {
         target = QuantWeight::from_dense(ws[i]);
         continue;
@@ -481,34 +485,37 @@ class LayerQuantizer {
       target = quantize_one(prefix + names[i], mq[i], ws[i], hacc ? &hessian : nullptr, need_x ? &x_awq : nullptr,
                             &loss, act, act == ActQuant::Fp8Static ? std::max(input_scale, 1e-12f) : 0.0f);
     }
+    model_.rebuild_layer(l);  // the next stage sees this one's quantized weights (and rescaled norm)
   }
 
   // AWQ / SmoothQuant for down_proj: its input is silu(gate) * up, so a
   // per-channel scale folds into up_proj's rows.
   void migrate_down(int64_t l) {
-    LayerWeights& lw = model_.weights().layers[size_t(l)];
-    const std::string name = "model.layers." + std::to_string(l) + ".mlp.down_proj";
+    ModelWeights& mw = model_.weights();
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string name = p + "mlp.down_proj";
     const ModuleQuant m = opt_.module(name);
     const bool awq = !m.skip && m.method == QuantMethod::Awq;
     const bool sq = !m.skip && m.method == QuantMethod::W8A8 && opt_.smoothquant_alpha > 0;
     if (!awq && !sq) return;
     RowSampler rows(512);
-    quant::ActAbsMaxAccumulator absmax(lw.mlp.down.in);
+    quant::ActAbsMaxAccumulator absmax(mw.linear(name).in);
     capture(l, [&](std::string_view n, const Tensor& x) {
       if (n != "mlp.down_proj") return;
       if (awq) rows.add(x);
       if (sq) absmax.add(x);
     });
-    Tensor down = as_f32(lw.mlp.down);
+    Tensor down = as_f32(mw.linear(name));
     std::vector<const Tensor*> wp = {&down};
     Tensor st = awq ? quant::awq_search_scales(wp, rows.tensor(), quant::AwqOptions{.group = m.group})
                     : quant::smooth_factors(absmax.absmax(), wp, opt_.smoothquant_alpha);
     std::vector<float> s = st.to_floats();
-    Tensor up = as_f32(lw.mlp.up);
+    Tensor up = as_f32(mw.linear(p + "mlp.up_proj"));
     divide_rows(up, s);
     scale_columns(down, s);
-    lw.mlp.up = QuantWeight::from_dense(up);
-    lw.mlp.down = QuantWeight::from_dense(down);
+    mw.linear(p + "mlp.up_proj") = QuantWeight::from_dense(up);
+    mw.linear(name) = QuantWeight::from_dense(down);
+    model_.rebuild_layer(l);
   }
 
   void quantize_layer(int64_t l) {
@@ -528,13 +535,12 @@ class LayerQuantizer {
 
 QuantizeReport quantize_model(DecoderModel& model, const QuantizeOptions& options) {
   options.validate(model.config());
-  for (const LayerWeights& l : model.weights().layers)
-    for (const QuantWeight* q : {&l.attn.wq, &l.attn.wk, &l.attn.wv, &l.attn.wo, &l.mlp.gate, &l.mlp.up, &l.mlp.down})
-      if (q->quantized())
-        fail(model.path(), "quantization_config",
-             "the model is already quantized ({}); start from the unquantized "
-             "checkpoint",
-             quant_scheme_name(q->scheme));
+  for (const auto& [name, q] : model.weights().linears)
+    if (q.quantized())
+      fail(model.path(), "quantization_config",
+           "the model is already quantized ({}); start from the unquantized "
+           "checkpoint",
+           quant_scheme_name(q.scheme));
   auto t0 = std::chrono::steady_clock::now();
   QuantizeReport report;
   LayerQuantizer lq(model, options, report);

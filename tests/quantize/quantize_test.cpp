@@ -2,7 +2,7 @@
 // saves in its tool's layout and loads back to the same weights; GPTQ and
 // AWQ beat round-to-nearest at the same bits and group on held-out text;
 // overrides; the accuracy figures are guarded so a regression fails CI.
-#include "model/quantize.h"
+#include "quantize/quantize.h"
 
 #include <gtest/gtest.h>
 
@@ -14,6 +14,7 @@
 #include "core/mapped_file.h"
 #include "model/generation.h"
 #include "model/quantized_checkpoint.h"
+#include "quantize/checkpoint_writer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kite {
@@ -124,9 +125,10 @@ TEST(Quantize, EveryMethodSavesInItsLayoutAndLoadsBackTheSameWeights) {
     auto& lm = dynamic_cast<DecoderModel&>(*loaded);
     auto& qm = dynamic_cast<DecoderModel&>(*q.model);
     for (int64_t l = 0; l < lm.config().num_layers; ++l)
-      for (const char* n : kLinearNames) {
-        const QuantWeight& a = layer_linear(qm.weights().layers[size_t(l)], n);
-        const QuantWeight& b = layer_linear(lm.weights().layers[size_t(l)], n);
+      for (const std::string& n : layer_linear_modules(lm.config())) {
+        const std::string module = "model.layers." + std::to_string(l) + "." + n;
+        const QuantWeight& a = qm.weights().linear(module);
+        const QuantWeight& b = lm.weights().linear(module);
         ASSERT_TRUE(b.quantized()) << n;
         EXPECT_EQ(a.scheme, b.scheme);
         EXPECT_EQ(a.act, b.act);
@@ -197,9 +199,9 @@ TEST(Quantize, OverridesPickPerModuleSettings) {
   save_quantized_checkpoint(dynamic_cast<DecoderModel&>(*q.model), kModel, out.string(), o, q.report);
   auto loaded = load_model(out.string());
   const auto& w = dynamic_cast<DecoderModel&>(*loaded).weights();
-  EXPECT_FALSE(w.layers[0].mlp.up.quantized());
-  EXPECT_EQ(w.layers[3].mlp.down.scheme, QuantScheme::Int8);
-  EXPECT_EQ(w.layers[3].mlp.up.scheme, QuantScheme::Int4);
+  EXPECT_FALSE(w.linear("model.layers.0.mlp.up_proj").quantized());
+  EXPECT_EQ(w.linear("model.layers.3.mlp.down_proj").scheme, QuantScheme::Int8);
+  EXPECT_EQ(w.linear("model.layers.3.mlp.up_proj").scheme, QuantScheme::Int4);
   auto cfg = nlohmann::json::parse(read_text_file((out / "config.json").string()));
   // GPTQModel's "dynamic": skipped modules and per-module bits.
   const auto& dyn = cfg["quantization_config"]["dynamic"];
