@@ -37,16 +37,8 @@ LinearLookup quantized_linear_lookup(const Checkpoint& ckpt, const std::string& 
         fail(ckpt.file_of(dense), dense, "shape {} but config.json implies [{}, {}]", t.shape_str(), out, in);
       q = QuantWeight::from_dense(t);
     } else {
-      quant::ParsedQuantConfig pc = *parsed;
-      // Per-module bits and group (GPTQModel's "dynamic" overrides) follow
-      // from the tensors' shapes.
-      if (pc.layout == quant::QuantLayout::Gptq && ckpt.has(module + ".qweight") && ckpt.has(module + ".scales")) {
-        const int64_t rows = ckpt.info(module + ".qweight").shape.at(0);
-        if (rows > 0 && (32 * rows) % in == 0) pc.options.bits = int(32 * rows / in);
-        const int64_t groups = ckpt.info(module + ".scales").shape.at(0);
-        if (groups > 0 && in % groups == 0) pc.options.group_size = groups == 1 ? -1 : in / groups;
-      }
-      q = quant::from_layout(quant::getter_of(ckpt, module + "."), out, in, pc, ckpt.path());
+      // (A GPTQ module's own bits and group size come from its tensors' shapes: quant/layouts_gptq.cpp.)
+      q = quant::from_layout(quant::getter_of(ckpt, module + "."), out, in, *parsed, ckpt.path());
     }
     return q;
   };

@@ -290,7 +290,10 @@ QuantWeight from_layout(const TensorGetter& get, int64_t out, int64_t in, const 
                         const std::string& source) {
   const QuantConfigOptions& o = c.options;
   switch (c.layout) {
-    case QuantLayout::Gptq: return from_gptq(get, out, in, o.bits, o.group_size, o.sym, o.gptq_format, source);
+    case QuantLayout::Gptq: {
+      const QuantConfigOptions m = gptq_module_options(get, in, o);
+      return from_gptq(get, out, in, m.bits, m.group_size, m.sym, m.gptq_format, source);
+    }
     case QuantLayout::Awq: return from_awq(get, out, in, o.group_size, source);
     case QuantLayout::CompressedFp8: return from_ct_fp8(get, out, in, o.act, source);
     case QuantLayout::CompressedInt8:

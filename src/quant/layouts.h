@@ -178,6 +178,10 @@ ParsedQuantConfig parse_quantization_config(const nlohmann::json& config, const 
 // Dispatch on the layout, after checking that w agrees with the options
 // (bits, group, act-order, activations).
 TensorMap to_layout(const QuantWeight& w, QuantLayout layout, const QuantConfigOptions& options);
+// A module's own bits and group size (GPTQModel's "dynamic" per-module
+// overrides) from its tensors' shapes: qweight [in * bits / 32, out],
+// scales [in / group, out]; `o` (the config's) where they say nothing.
+QuantConfigOptions gptq_module_options(const TensorGetter& get, int64_t in, QuantConfigOptions o);
 QuantWeight from_layout(const TensorGetter& get, int64_t out, int64_t in, const ParsedQuantConfig& config,
                         const std::string& source);
 

@@ -78,6 +78,18 @@ TensorMap to_gptq(const QuantWeight& w, GptqFormat format, DType scale_dtype) {
           {"g_idx", gt}};
 }
 
+QuantConfigOptions gptq_module_options(const TensorGetter& get, int64_t in, QuantConfigOptions o) {
+  if (std::optional<Tensor> qw = get("qweight"); qw && qw->ndim() == 2) {
+    const int64_t rows = qw->dim(0);
+    if (rows > 0 && (32 * rows) % in == 0) o.bits = int(32 * rows / in);
+    if (std::optional<Tensor> sc = get("scales"); sc && sc->ndim() == 2) {
+      const int64_t groups = sc->dim(0);
+      if (groups > 0 && in % groups == 0) o.group_size = groups == 1 ? -1 : in / groups;
+    }
+  }
+  return o;
+}
+
 QuantWeight from_gptq(const TensorGetter& get, int64_t out, int64_t in, int bits, int64_t group, bool sym,
                       GptqFormat format, const std::string& source) {
   if (bits != 4 && bits != 8)
