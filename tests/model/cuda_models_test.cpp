@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "core/mapped_file.h"
+#include "fixtures.h"
 #include "model/decoder.h"
 #include "model/generation.h"
 #include "tokenizer/tokenizer.h"
@@ -22,18 +23,11 @@
 namespace kite {
 namespace {
 
-const std::string kDir = std::string(KITE_FIXTURES_DIR) + "/models";
+const std::string kDir = test::kModelFixtures;
 const std::string kRef = std::string(KITE_SHARED_DIR) + "/models/kite-ref";
 const Device kGpu{DeviceKind::CUDA, 0};
 
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(kDir, ec))
-    if (e.is_directory()) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
+std::vector<std::string> fixture_names() { return test::model_fixture_names(); }
 
 // Greedy ids of `model` after `prompt` (generate: the one-sequence path).
 std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int64_t n) {

@@ -8,12 +8,13 @@
 #include <nlohmann/json.hpp>
 
 #include "core/mapped_file.h"
+#include "fixtures.h"
 #include "model/generation.h"
 
 namespace kite {
 namespace {
 
-const std::string kDir = std::string(KITE_FIXTURES_DIR) + "/models";
+const std::string kDir = test::kModelFixtures;
 
 class TinyModel : public ::testing::TestWithParam<std::string> {};
 
@@ -50,14 +51,7 @@ TEST_P(TinyModel, LogitsAndGreedyMatchTransformers) {
   EXPECT_EQ(got, ref["greedy_new_ids"].get<std::vector<int32_t>>());
 }
 
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(kDir, ec))
-    if (e.is_directory()) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
+std::vector<std::string> fixture_names() { return test::model_fixture_names(); }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel, ::testing::ValuesIn(fixture_names()),
                          [](const auto& info) { return info.param; });
