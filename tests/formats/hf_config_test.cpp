@@ -174,6 +174,7 @@ TEST(HfConfig, Qwen3HonoursAttentionBiasAndQwen2SlidingWindow) {
   std::string q2 = kQwen25_7B;
   q2.replace(q2.find("\"use_sliding_window\": false"), 27, "\"use_sliding_window\": true");
   EXPECT_EQ(parse_model_config(q2, "q2").sliding_window, 131072);
+  EXPECT_EQ(parse_model_config(q2, "q2").max_window_layers, 28);  // the windowed layers start there
 }
 
 TEST(HfConfig, RopeParametersOfTransformers5) {
@@ -257,6 +258,15 @@ TEST(HfConfig, Errors) {
   bad(with(R"("hidden_act":"gelu")"), {"hidden_act", "gelu"});
   bad(with(R"("partial_rotary_factor":1.5)"), {"partial_rotary_factor"});
   bad(R"({"model_type":"gpt2"})", {"model_type", "gpt2"});
+  // Keys of other families that change the math are refused, never ignored.
+  bad(with(R"("final_logit_softcapping":30.0)"), {"final_logit_softcapping", "no Kite model definition"});
+  bad(with(R"("attn_logit_softcapping":50.0)"), {"attn_logit_softcapping"});
+  bad(with(R"("residual_multiplier":0.22)"), {"residual_multiplier"});
+  bad(with(R"("num_local_experts":8)"), {"num_local_experts"});
+  // ...unless they leave the math as it is.
+  EXPECT_NO_THROW(parse_model_config(with(R"("final_logit_softcapping":null)"), "cfg.json"));
+  EXPECT_NO_THROW(parse_model_config(with(R"("residual_multiplier":1.0)"), "cfg.json"));
+  EXPECT_NO_THROW(parse_model_config(with(R"("num_experts":0)"), "cfg.json"));
 }
 
 TEST(HfConfig, ModelTypeStandsInForArchitectures) {
