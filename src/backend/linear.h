@@ -92,6 +92,8 @@ class Linear {
   int64_t in() const { return spec_.in; }
   const LinearSpec& spec() const { return spec_; }
   std::string_view kernel_name() const;
+  // Whether forward can be recorded in a device graph (stacked ones allocate).
+  bool graph_safe() const { return parts_.empty(); }
   size_t bytes() const;  // what the packed weight holds on its device
 
   // y = x @ W^T (+ bias); shapes and dtypes as LinearKernel::run.

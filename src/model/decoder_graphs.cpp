@@ -64,8 +64,13 @@ void DecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t ma
   graph_sizes_.clear();
   graph_cache_ = nullptr;
   // No graphs on the CPU, nor over collectives that run on the host, nor
-  // for dynamic RoPE (its per-token frequencies are made on the host each step).
-  if (enforce_eager || max_num_seqs < 1 || device_.is_cpu() || (tp_.comm && !tp_.comm->graph_safe()) || dynamic_rope_)
+  // for dynamic RoPE (its per-token frequencies are made on the host each
+  // step), nor over stacked linears (they allocate their parts' outputs).
+  bool linears_graph_safe = true;
+  for (const Layer& l : layers_)
+    for (const Linear& lin : l.linears) linears_graph_safe = linears_graph_safe && lin.graph_safe();
+  if (enforce_eager || max_num_seqs < 1 || device_.is_cpu() || (tp_.comm && !tp_.comm->graph_safe()) ||
+      dynamic_rope_ || !linears_graph_safe)
     return;
   const int64_t B = max_num_seqs;
   graph_max_blocks_ = (max_model_len + cache.block_size() - 1) / cache.block_size();
