@@ -17,7 +17,7 @@
 // The weight stays in packed-column order: groups run over packed columns.
 //
 // Two paths, by the number of tokens n:
-//  - n <= kGemvMaxN: a GEMV (wq_gemv_kernel): 2 output rows per CTA, its 4
+//  - n <= kGemvMaxN: a GEMV (wq_gemv_kernel): 4 output rows per CTA, its 4
 //    warps splitting K; 16-byte loads of codes coalesced along K, dequantized
 //    in registers bitwise as dequantize() computes W in F32, multiplied with
 //    all n rows of x (each weight byte read once), F32 sums reduced by warp

@@ -34,7 +34,11 @@ constexpr int kInt4Asym = 1;  // F32 zeros per group
 constexpr int kInt8 = 2;
 
 constexpr int kWarps = 4;  // per CTA, splitting K between them
-constexpr int kRows = 2;   // output rows per CTA (each warp works on all of them)
+// Output rows per CTA (each warp works on all of them). Every x value a lane
+// loads (L1) serves kRows rows: x bytes per weight byte are 4 n / kRows for
+// Int4, so at n = 16 L1 traffic is 16x the weight stream; 4 rows keep the
+// accumulators (kRows * n) in registers. To be tuned by measurement.
+constexpr int kRows = 4;
 constexpr int kThreads = kWarps * 32;
 
 // 2^23 + byte b (0..3) of `v`, as a float: exactly 8388608 + that byte.
