@@ -137,6 +137,7 @@ bool register_backend(Kernels& table) {
   register_sampling_kernels(table);
   // Linear kernels, one line each (backend/linear.h), fastest first by rank.
   register_linear_kernel(DeviceKind::CUDA, make_bf16_linear_kernel());
+  register_linear_kernel(DeviceKind::CUDA, make_wq_linear_kernel());
   register_device_memory(DeviceKind::CUDA, &g_memory);
   return true;
 }

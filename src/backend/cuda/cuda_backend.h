@@ -17,6 +17,7 @@ namespace kite::cuda {
 bool register_backend(Kernels& table);
 // Linear kernels (backend/linear.h), one file each.
 std::unique_ptr<LinearKernel> make_bf16_linear_kernel();  // linear_bf16_kernel.cpp
+std::unique_ptr<LinearKernel> make_wq_linear_kernel();    // linear_wq_kernel.cpp (W4A16, W8A16)
 // Waits for the device's stream (every kernel and copy Kite queues runs on it).
 void synchronize(int device_index);
 std::string description(int device_index);
