@@ -18,6 +18,8 @@ struct Bf16Packed : PackedWeight {
 };
 
 Tensor device_bf16(const Tensor& t, Device device) {
+  // Already in place (a tied lm_head packed from the device embedding): shared, not copied.
+  if (t.device() == device && t.dtype() == DType::BF16 && t.is_contiguous()) return t;
   Tensor h = t.device().is_cpu() ? t.contiguous() : t.to(kCpu);
   if (h.dtype() != DType::BF16) h = h.to_dtype(DType::BF16);
   return h.to(device);
