@@ -112,15 +112,21 @@ int run_serve(const ServeArgs& a) {
   const Engine& eng = *engine_owned;
   const int64_t kv_tokens = eng.num_blocks() * eng.config().block_size;
   const int64_t max_len = eng.max_model_len();
-  std::fprintf(stderr, "kite serve: model %s on %s, %.2f GB of weights\n", a.model.c_str(),
-               device_description(model->device()).c_str(), double(model->weight_bytes()) / 1e9);
+  std::fprintf(stderr, "kite serve: model %s on %s, %.2f GiB of weights\n", a.model.c_str(),
+               device_description(model->device()).c_str(), double(model->weight_bytes()) / double(1 << 30));
+  if (auto* dm = dynamic_cast<const DecoderModel*>(model.get())) {
+    std::string kernels;
+    for (const std::string& k : dm->kernel_summary()) kernels += (kernels.empty() ? "" : ", ") + k;
+    std::fprintf(stderr, "kite serve: %s definition; linear kernels: %s\n",
+                 std::string(dm->architecture().name()).c_str(), kernels.c_str());
+  }
   if (model->tensor_parallel_size() > 1)
     std::fprintf(stderr, "kite serve: tensor parallel over %d ranks (%s); the KV cache figures are per rank\n",
                  model->tensor_parallel_size(),
                  model->device().is_cpu() ? "CPU threads or nodes" : ("from " + model->device().str()).c_str());
-  std::fprintf(stderr, "kite serve: KV cache: %lld blocks of %lld tokens = %lld tokens; max_model_len %lld\n",
-               (long long)eng.num_blocks(), (long long)eng.config().block_size, (long long)kv_tokens,
-               (long long)max_len);
+  std::fprintf(stderr, "kite serve: KV cache (%s): %lld blocks of %lld tokens = %lld tokens; max_model_len %lld\n",
+               std::string(dtype_name(model->kv_dtype())).c_str(), (long long)eng.num_blocks(),
+               (long long)eng.config().block_size, (long long)kv_tokens, (long long)max_len);
   std::fprintf(stderr, "kite serve: maximum concurrency for %lld tokens per request: %.2fx\n", (long long)max_len,
                double(kv_tokens) / double(max_len));
   if (!model->device().is_cpu())
