@@ -1,28 +1,12 @@
 #include "model/sampling.h"
 
 #include <algorithm>
-#include <cmath>
 #include <random>
 #include <unordered_map>
 
 #include "backend/ops/sample.h"
-#include "core/error.h"
 
 namespace kite {
-
-void SamplingParams::validate(const std::string& source) const {
-  if (!(temperature >= 0.0f) || !std::isfinite(temperature))
-    fail(source, "temperature", "{} is invalid; expected a value >= 0 (0 = greedy)", temperature);
-  if (top_k < -1) fail(source, "top_k", "{} is invalid; expected -1 or 0 (off) or a positive count", top_k);
-  if (!(top_p > 0.0f && top_p <= 1.0f)) fail(source, "top_p", "{} is invalid; expected a value in (0, 1]", top_p);
-  if (!(min_p >= 0.0f && min_p <= 1.0f)) fail(source, "min_p", "{} is invalid; expected a value in [0, 1]", min_p);
-  if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
-    fail(source, "repetition_penalty", "{} is invalid; expected a value > 0 (1 = off)", repetition_penalty);
-  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f))
-    fail(source, "presence_penalty", "{} is invalid; expected a value in [-2, 2]", presence_penalty);
-  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f))
-    fail(source, "frequency_penalty", "{} is invalid; expected a value in [-2, 2]", frequency_penalty);
-}
 
 namespace {
 uint64_t splitmix64(uint64_t& x) {
@@ -78,7 +62,7 @@ void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span
 
 // One implementation for the host sampler and the CPU op (backend/cpu/sample.cpp).
 std::vector<std::pair<int32_t, float>> sampling_distribution(std::span<const float> logits, const SamplingParams& p) {
-  return ops::sample_math::distribution(logits, p.temperature, p.top_k, p.top_p, p.min_p);
+  return ops::sample_math::distribution(logits, p);
 }
 
 Sampler::Sampler(const SamplingParams& params)

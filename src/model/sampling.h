@@ -1,29 +1,17 @@
 #pragma once
 // Token sampling: greedy, temperature, top-k, top-p, min-p and the
-// repetition/presence/frequency penalties. One RNG stream per request, so
-// a seeded request samples the same tokens whatever runs beside it.
+// repetition/presence/frequency penalties (kite::SamplingParams:
+// backend/ops/sampling_params.h). One RNG stream per request, so a seeded
+// request samples the same tokens whatever runs beside it.
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "backend/ops/sampling_params.h"
+
 namespace kite {
-
-struct SamplingParams {
-  float temperature = 1.0f;         // 0 = greedy
-  int32_t top_k = 0;                // 0 or -1 = off
-  float top_p = 1.0f;               // 1 = off
-  float min_p = 0.0f;               // 0 = off; keep tokens with p >= min_p * p_max
-  float repetition_penalty = 1.0f;  // HF/CTRL style over prompt and output tokens; 1 = off
-  float presence_penalty = 0.0f;    // OpenAI style over output tokens
-  float frequency_penalty = 0.0f;   // OpenAI style over output tokens
-  std::optional<uint64_t> seed;     // unseeded requests draw a seed from the system
-
-  // Throws kite::Error(source, field, ...) when a value is out of range.
-  void validate(const std::string& source) const;
-  bool greedy() const { return temperature == 0.0f; }
-};
 
 // xoshiro256** seeded through splitmix64: small, fast, reproducible.
 class Rng {

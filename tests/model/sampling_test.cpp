@@ -170,13 +170,7 @@ TEST(Sampling, SamplerAndTheSampleRowsOpAgree) {
       out_a.push_back(sampler.sample(host, prompt, out_b));
       ops::SampleBatch b;
       ops::SampleRow row;
-      row.temperature = p.temperature;
-      row.top_k = p.top_k;
-      row.top_p = p.top_p;
-      row.min_p = p.min_p;
-      row.repetition_penalty = p.repetition_penalty;
-      row.presence_penalty = p.presence_penalty;
-      row.frequency_penalty = p.frequency_penalty;
+      row.params = p;
       if (!p.greedy()) row.uniform = rng.uniform();
       std::vector<int32_t> ids = prompt;
       ids.insert(ids.end(), out_b.begin(), out_b.end());
