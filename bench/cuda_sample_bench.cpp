@@ -42,10 +42,10 @@ void BM_Sample(benchmark::State& state) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
   for (int64_t r = 0; r < m; ++r) {
     ops::SampleRow row;
-    row.temperature = mix == kGreedy ? 0.0f : 0.8f;
-    if (mix == kTopP || mix == kTopKTopP || mix == kTopPLogprobs) row.top_p = 0.9f;
-    if (mix == kTopK || mix == kTopKTopP) row.top_k = 50;
-    if (mix == kMinP) row.min_p = 0.05f;
+    row.params.temperature = mix == kGreedy ? 0.0f : 0.8f;
+    if (mix == kTopP || mix == kTopKTopP || mix == kTopPLogprobs) row.params.top_p = 0.9f;
+    if (mix == kTopK || mix == kTopKTopP) row.params.top_k = 50;
+    if (mix == kMinP) row.params.min_p = 0.05f;
     if (mix == kTopPLogprobs) row.num_logprobs = 5;
     row.uniform = u(rng);
     b.rows.push_back(row);

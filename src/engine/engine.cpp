@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "model/generation.h"
+#include "model/sampling.h"
 
 namespace kite {
 
@@ -290,30 +291,12 @@ ops::SampleBatch Engine::build_samples(const SchedulerOutput& out, const std::ve
     for (int32_t idx = first; idx < last; ++idx) {
       SampleState& st = r.samples[size_t(idx)];
       ops::SampleRow row;
-      row.temperature = sp.temperature;
-      row.top_k = sp.top_k;
-      row.top_p = sp.top_p;
-      row.min_p = sp.min_p;
-      row.repetition_penalty = sp.repetition_penalty;
-      row.presence_penalty = sp.presence_penalty;
-      row.frequency_penalty = sp.frequency_penalty;
+      row.params = sp;
       row.num_logprobs = p.logprobs;
       if (!sp.greedy()) row.uniform = st.rng.uniform();
-      if (row.has_penalties()) {  // distinct ids of prompt and output, with their output counts
-        row.penalty_begin = int32_t(sb.penalty_tokens.size());
-        std::vector<int32_t> ids(seq.tokens.begin(), seq.tokens.end());
-        std::sort(ids.begin(), ids.end());
-        ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-        std::vector<int32_t> out_ids(seq.tokens.begin() + ptrdiff_t(seq.num_prompt_tokens), seq.tokens.end());
-        std::sort(out_ids.begin(), out_ids.end());
-        for (int32_t t : ids) {
-          if (t < 0 || t >= vocab) continue;
-          const auto [lo, hi] = std::equal_range(out_ids.begin(), out_ids.end(), t);
-          sb.penalty_tokens.push_back(t);
-          sb.output_counts.push_back(int32_t(hi - lo));
-        }
-        row.penalty_end = int32_t(sb.penalty_tokens.size());
-      }
+      const std::span<const int32_t> tokens(seq.tokens);  // distinct ids of prompt and output, with output counts
+      const size_t num_prompt = size_t(seq.num_prompt_tokens);
+      ops::add_penalty_tokens(sb, row, tokens.first(num_prompt), tokens.subspan(num_prompt), vocab);
       if (st.generated < p.min_tokens) {  // no stop before min_tokens
         row.banned_begin = int32_t(sb.banned.size());
         for (int32_t t : p.stop_token_ids)

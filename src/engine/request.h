@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "model/sampling.h"
+#include "backend/ops/sampling_params.h"
 
 namespace kite {
 

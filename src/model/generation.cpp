@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <random>
 
+#include "backend/ops/sample.h"
 #include "core/error.h"
 #include "core/parallel.h"
 
@@ -24,7 +26,8 @@ GenerateStats generate(Model& model, std::span<const int32_t> prompt, const Gene
     fail("prompt", "tokens", "{} prompt tokens leave no room to generate in a context of {}", prompt.size(), ctx);
   options.sampling.validate("sampling");
   KvCache cache(c, std::min<int64_t>(ctx, int64_t(prompt.size()) + options.max_tokens));
-  Sampler sampler(options.sampling);
+  const SamplingParams& sp = options.sampling;
+  Rng rng(sp.seed ? *sp.seed : std::random_device{}() * 0x100000001ull ^ std::random_device{}());
   std::vector<int32_t> out;
   GenerateStats st;
   st.prompt_tokens = int64_t(prompt.size());
@@ -32,8 +35,16 @@ GenerateStats generate(Model& model, std::span<const int32_t> prompt, const Gene
   Tensor logits = model.forward(prompt, cache, false);  // [1, vocab]
   auto t1 = t0;
   while (int64_t(out.size()) < options.max_tokens) {
-    std::span<float> row(logits.data_as<float>(), size_t(c.vocab_size));
-    int32_t tok = sampler.sample(row, prompt, out);
+    // One row through ops::sample_rows, as the engine samples: a uniform
+    // from the request's stream when not greedy, penalties over the distinct
+    // prompt and output ids.
+    ops::SampleBatch batch;
+    ops::SampleRow row;
+    row.params = sp;
+    if (!sp.greedy()) row.uniform = rng.uniform();
+    ops::add_penalty_tokens(batch, row, prompt, out, c.vocab_size);
+    batch.rows.push_back(row);
+    const int32_t tok = ops::sample_rows(logits, batch)[0].token;
     out.push_back(tok);
     if (out.size() == 1) {
       st.prompt_seconds = seconds_since(t0);

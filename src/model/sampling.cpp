@@ -1,28 +1,8 @@
 #include "model/sampling.h"
 
-#include <algorithm>
-#include <cmath>
-#include <random>
-#include <unordered_map>
-
 #include "backend/ops/sample.h"
-#include "core/error.h"
 
 namespace kite {
-
-void SamplingParams::validate(const std::string& source) const {
-  if (!(temperature >= 0.0f) || !std::isfinite(temperature))
-    fail(source, "temperature", "{} is invalid; expected a value >= 0 (0 = greedy)", temperature);
-  if (top_k < -1) fail(source, "top_k", "{} is invalid; expected -1 or 0 (off) or a positive count", top_k);
-  if (!(top_p > 0.0f && top_p <= 1.0f)) fail(source, "top_p", "{} is invalid; expected a value in (0, 1]", top_p);
-  if (!(min_p >= 0.0f && min_p <= 1.0f)) fail(source, "min_p", "{} is invalid; expected a value in [0, 1]", min_p);
-  if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
-    fail(source, "repetition_penalty", "{} is invalid; expected a value > 0 (1 = off)", repetition_penalty);
-  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f))
-    fail(source, "presence_penalty", "{} is invalid; expected a value in [-2, 2]", presence_penalty);
-  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f))
-    fail(source, "frequency_penalty", "{} is invalid; expected a value in [-2, 2]", frequency_penalty);
-}
 
 namespace {
 uint64_t splitmix64(uint64_t& x) {
@@ -53,42 +33,5 @@ uint64_t Rng::next() {
 double Rng::uniform() { return double(next() >> 11) * 0x1.0p-53; }
 
 int32_t argmax(std::span<const float> logits) { return ops::sample_math::argmax(logits); }
-
-void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span<const int32_t> prompt,
-                     std::span<const int32_t> output) {
-  const int64_t vocab = int64_t(logits.size());
-  if (p.repetition_penalty != 1.0f) {
-    std::vector<bool> seen(size_t(vocab), false);
-    for (auto ids : {prompt, output})
-      for (int32_t t : ids)
-        if (t >= 0 && t < vocab) seen[size_t(t)] = true;
-    for (int64_t t = 0; t < vocab; ++t)
-      if (seen[size_t(t)]) {
-        float& l = logits[size_t(t)];
-        l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
-      }
-  }
-  if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
-    std::unordered_map<int32_t, int> counts;
-    for (int32_t t : output)
-      if (t >= 0 && t < vocab) ++counts[t];
-    for (auto [t, n] : counts) logits[size_t(t)] -= p.presence_penalty + p.frequency_penalty * float(n);
-  }
-}
-
-// One implementation for the host sampler and the CPU op (backend/cpu/sample.cpp).
-std::vector<std::pair<int32_t, float>> sampling_distribution(std::span<const float> logits, const SamplingParams& p) {
-  return ops::sample_math::distribution(logits, p.temperature, p.top_k, p.top_p, p.min_p);
-}
-
-Sampler::Sampler(const SamplingParams& params)
-    : params_(params),
-      rng_(params.seed ? *params.seed : std::random_device{}() * 0x100000001ull ^ std::random_device{}()) {}
-
-int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output) {
-  apply_penalties(logits, params_, prompt, output);
-  if (params_.greedy()) return argmax(logits);
-  return ops::sample_math::pick(sampling_distribution(logits, params_), rng_.uniform());
-}
 
 }  // namespace kite

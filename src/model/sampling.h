@@ -1,29 +1,16 @@
 #pragma once
-// Token sampling: greedy, temperature, top-k, top-p, min-p and the
-// repetition/presence/frequency penalties. One RNG stream per request, so
-// a seeded request samples the same tokens whatever runs beside it.
+// Sampling above the backend: the request's parameters (kite::SamplingParams,
+// defined once in backend/ops/sampling_params.h with their validation) and
+// its random stream. The tokens themselves are picked by ops::sample_rows
+// (backend/ops/sample.h), for the engine and for generate(). One RNG stream
+// per request, so a seeded request samples the same tokens whatever runs
+// beside it.
 #include <cstdint>
-#include <optional>
 #include <span>
-#include <string>
-#include <vector>
+
+#include "backend/ops/sampling_params.h"
 
 namespace kite {
-
-struct SamplingParams {
-  float temperature = 1.0f;         // 0 = greedy
-  int32_t top_k = 0;                // 0 or -1 = off
-  float top_p = 1.0f;               // 1 = off
-  float min_p = 0.0f;               // 0 = off; keep tokens with p >= min_p * p_max
-  float repetition_penalty = 1.0f;  // HF/CTRL style over prompt and output tokens; 1 = off
-  float presence_penalty = 0.0f;    // OpenAI style over output tokens
-  float frequency_penalty = 0.0f;   // OpenAI style over output tokens
-  std::optional<uint64_t> seed;     // unseeded requests draw a seed from the system
-
-  // Throws kite::Error(source, field, ...) when a value is out of range.
-  void validate(const std::string& source) const;
-  bool greedy() const { return temperature == 0.0f; }
-};
 
 // xoshiro256** seeded through splitmix64: small, fast, reproducible.
 class Rng {
@@ -36,27 +23,6 @@ class Rng {
   uint64_t s_[4];
 };
 
-class Sampler {
- public:
-  explicit Sampler(const SamplingParams& params);
-  const SamplingParams& params() const { return params_; }
-
-  // Picks the next token from logits [vocab] (modified in place by
-  // penalties and temperature). prompt: the prompt ids; output: ids
-  // generated so far (both feed the penalties).
-  int32_t sample(std::span<float> logits, std::span<const int32_t> prompt, std::span<const int32_t> output);
-
- private:
-  SamplingParams params_;
-  Rng rng_;
-};
-
-// Applies the penalties in place (exposed for tests).
-void apply_penalties(std::span<float> logits, const SamplingParams& p, std::span<const int32_t> prompt,
-                     std::span<const int32_t> output);
-// The probability distribution after temperature, top-k, top-p and min-p:
-// (token, probability) pairs, probabilities summing to 1, highest first.
-std::vector<std::pair<int32_t, float>> sampling_distribution(std::span<const float> logits, const SamplingParams& p);
 // argmax, lowest id on ties (as torch.argmax).
 int32_t argmax(std::span<const float> logits);
 

@@ -109,8 +109,9 @@ void parse_sampling(const Json& b, const ModelInfo& m, ParsedRequest& r) {
   p.sampling = m.default_sampling;
   if (auto v = get_number(b, "temperature")) p.sampling.temperature = float(*v);
   if (auto v = get_number(b, "top_p")) p.sampling.top_p = float(*v);
-  if (auto v = get_int(b, "top_k"))
-    p.sampling.top_k = checked_i32(*v, "top_k", -1, std::numeric_limits<int32_t>::max());
+  if (auto v = get_int(b, "top_k"))  // its range: SamplingParams::validate below
+    p.sampling.top_k =
+        checked_i32(*v, "top_k", std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max());
   if (auto v = get_number(b, "min_p")) p.sampling.min_p = float(*v);
   if (auto v = get_number(b, "presence_penalty")) p.sampling.presence_penalty = float(*v);
   if (auto v = get_number(b, "frequency_penalty")) p.sampling.frequency_penalty = float(*v);

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "backend/ops/sampling_params.h"
 #include "chat/chat_template.h"
 #include "engine/request.h"
-#include "model/sampling.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kite::server {

@@ -36,14 +36,14 @@ SampleBatch mixed_batch(int64_t m, int64_t vocab, std::mt19937& rng, int kind) {
     SampleRow row;
     const int k = int((r + kind) % 8);
     row.uniform = u(rng);
-    row.temperature = k == 0 ? 0.0f : 0.6f + 0.2f * float(k);
-    if (k == 2 || k == 5) row.top_k = 1 + int32_t(rng() % 64);
-    if (k == 3 || k == 5 || k == 7) row.top_p = 0.5f + 0.45f * float(u(rng));
-    if (k == 4 || k == 7) row.min_p = 0.05f;
+    row.params.temperature = k == 0 ? 0.0f : 0.6f + 0.2f * float(k);
+    if (k == 2 || k == 5) row.params.top_k = 1 + int32_t(rng() % 64);
+    if (k == 3 || k == 5 || k == 7) row.params.top_p = 0.5f + 0.45f * float(u(rng));
+    if (k == 4 || k == 7) row.params.min_p = 0.05f;
     if (k == 6) {
-      row.repetition_penalty = 1.2f;
-      row.presence_penalty = 0.3f;
-      row.frequency_penalty = 0.1f;
+      row.params.repetition_penalty = 1.2f;
+      row.params.presence_penalty = 0.3f;
+      row.params.frequency_penalty = 0.1f;
       row.penalty_begin = int32_t(b.penalty_tokens.size());
       std::vector<int32_t> ids;
       for (int i = 0; i < 30; ++i) ids.push_back(tok(rng));
@@ -76,11 +76,12 @@ std::vector<std::pair<int32_t, float>> cpu_distribution(std::vector<float> row, 
   for (int32_t i = r.banned_begin; i < r.banned_end; ++i) row[size_t(b.banned[size_t(i)])] = -INFINITY;
   for (int32_t i = r.penalty_begin; i < r.penalty_end; ++i) {
     float& l = row[size_t(b.penalty_tokens[size_t(i)])];
-    if (r.repetition_penalty != 1.0f) l = l > 0 ? l / r.repetition_penalty : l * r.repetition_penalty;
+    if (r.params.repetition_penalty != 1.0f)
+      l = l > 0 ? l / r.params.repetition_penalty : l * r.params.repetition_penalty;
     if (b.output_counts[size_t(i)] > 0)
-      l -= r.presence_penalty + r.frequency_penalty * float(b.output_counts[size_t(i)]);
+      l -= r.params.presence_penalty + r.params.frequency_penalty * float(b.output_counts[size_t(i)]);
   }
-  return ops::sample_math::distribution(row, r.temperature, r.top_k, r.top_p, r.min_p);
+  return ops::sample_math::distribution(row, r.params);
 }
 
 void compare(const std::vector<float>& logits, int64_t m, int64_t vocab, const SampleBatch& b, Stats& st) {
@@ -94,7 +95,7 @@ void compare(const std::vector<float>& logits, int64_t m, int64_t vocab, const S
     const SampledToken &g = got[size_t(r)], &w = want[size_t(r)];
     const std::string where =
         "m " + std::to_string(m) + " vocab " + std::to_string(vocab) + " row " + std::to_string(r);
-    if (row.forced_token < 0 && row.temperature > 0) {
+    if (row.forced_token < 0 && row.params.temperature > 0) {
       ++st.sampled;
       if (g.token != w.token) {
         ++st.boundary;

@@ -31,39 +31,41 @@ SampledToken reference(std::vector<float> row, const SampleRow& r, const SampleB
       row[size_t(b.banned[size_t(i)])] = -std::numeric_limits<float>::infinity();
     for (int32_t i = r.penalty_begin; i < r.penalty_end; ++i) {
       float& l = row[size_t(b.penalty_tokens[size_t(i)])];
-      if (r.repetition_penalty != 1.0f) l = l > 0 ? l / r.repetition_penalty : l * r.repetition_penalty;
+      if (r.params.repetition_penalty != 1.0f)
+        l = l > 0 ? l / r.params.repetition_penalty : l * r.params.repetition_penalty;
     }
     for (int32_t i = r.penalty_begin; i < r.penalty_end; ++i) {
       const int32_t n = b.output_counts[size_t(i)];
-      if (n > 0) row[size_t(b.penalty_tokens[size_t(i)])] -= r.presence_penalty + r.frequency_penalty * float(n);
+      if (n > 0)
+        row[size_t(b.penalty_tokens[size_t(i)])] -= r.params.presence_penalty + r.params.frequency_penalty * float(n);
     }
-    if (r.temperature == 0) {
+    if (r.params.temperature == 0) {
       int64_t best = 0;
       for (int64_t j = 1; j < vocab; ++j)
         if (row[size_t(j)] > row[size_t(best)]) best = j;
       t.token = int32_t(best);
     } else {
       std::vector<std::pair<float, int32_t>> c(static_cast<size_t>(vocab));
-      for (int64_t j = 0; j < vocab; ++j) c[size_t(j)] = {row[size_t(j)] / r.temperature, int32_t(j)};
+      for (int64_t j = 0; j < vocab; ++j) c[size_t(j)] = {row[size_t(j)] / r.params.temperature, int32_t(j)};
       std::sort(c.begin(), c.end(),
                 [](auto& a, auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-      if (r.top_k > 0 && r.top_k < vocab) c.resize(size_t(r.top_k));
+      if (r.params.top_k > 0 && r.params.top_k < vocab) c.resize(size_t(r.params.top_k));
       std::vector<double> p(c.size());
       double sum = 0;
       for (size_t i = 0; i < c.size(); ++i) sum += p[i] = std::exp(double(c[i].first) - double(c[0].first));
       for (double& q : p) q /= sum;
       size_t n = c.size();
-      if (r.top_p < 1) {
+      if (r.params.top_p < 1) {
         double acc = 0;
         for (size_t i = 0; i < n; ++i)
-          if ((acc += p[i]) >= double(r.top_p)) {
+          if ((acc += p[i]) >= double(r.params.top_p)) {
             n = i + 1;
             break;
           }
       }
-      if (r.min_p > 0) {
+      if (r.params.min_p > 0) {
         size_t m = 1;
-        while (m < n && p[m] >= double(r.min_p) * p[0]) ++m;
+        while (m < n && p[m] >= double(r.params.min_p) * p[0]) ++m;
         n = m;
       }
       double total = 0;
@@ -165,10 +167,10 @@ TEST(SampleRows, EachFilterAloneAndCombined) {
     for (int64_t vocab : kVocabs) {
       const int64_t m = rows_for(vocab);
       SampleRow row;
-      row.temperature = c.temperature;
-      row.top_k = c.top_k;
-      row.top_p = c.top_p;
-      row.min_p = c.min_p;
+      row.params.temperature = c.temperature;
+      row.params.top_k = c.top_k;
+      row.params.top_p = c.top_p;
+      row.params.min_p = c.min_p;
       check(random_logits(m, vocab, rng, vocab < 10000), vocab, batch_of(m, row, rng), c.name);
     }
 }
@@ -182,11 +184,11 @@ TEST(SampleRows, PenaltiesAndBans) {
     std::uniform_real_distribution<double> u(0.0, 1.0);
     for (int64_t r = 0; r < m; ++r) {
       SampleRow row;
-      row.temperature = r % 3 == 0 ? 0.0f : 0.8f;
-      row.top_p = r % 2 ? 0.9f : 1.0f;
-      row.repetition_penalty = r % 4 == 1 ? 1.0f : 1.3f;
-      row.presence_penalty = r % 5 == 2 ? 0.0f : 0.5f;
-      row.frequency_penalty = r % 3 == 1 ? 0.0f : 0.25f;
+      row.params.temperature = r % 3 == 0 ? 0.0f : 0.8f;
+      row.params.top_p = r % 2 ? 0.9f : 1.0f;
+      row.params.repetition_penalty = r % 4 == 1 ? 1.0f : 1.3f;
+      row.params.presence_penalty = r % 5 == 2 ? 0.0f : 0.5f;
+      row.params.frequency_penalty = r % 3 == 1 ? 0.0f : 0.25f;
       row.uniform = u(rng);
       row.penalty_begin = int32_t(b.penalty_tokens.size());
       std::vector<int32_t> ids;
@@ -230,7 +232,7 @@ TEST(SampleRows, ForcedTokensAndLogprobsWithTies) {
     for (int64_t r = 0; r < m; ++r) {
       SampleRow row;
       if (r % 3 == 0) row.forced_token = tok(rng);
-      row.temperature = r % 3 == 1 ? 0.0f : 1.0f;
+      row.params.temperature = r % 3 == 1 ? 0.0f : 1.0f;
       row.num_logprobs = int32_t(r % 21);
       row.uniform = u(rng);
       b.rows.push_back(row);
@@ -245,8 +247,8 @@ TEST(SampleRows, ManyUniformsOverOneRow) {
   std::vector<float> one = random_logits(1, vocab, rng, false), all;
   for (int64_t r = 0; r < m; ++r) all.insert(all.end(), one.begin(), one.end());
   SampleRow row;
-  row.temperature = 1.0f;
-  row.top_p = 0.95f;
+  row.params.temperature = 1.0f;
+  row.params.top_p = 0.95f;
   SampleBatch b = batch_of(m, row, rng);
   for (int64_t r = 0; r < m; ++r) b.rows[size_t(r)].uniform = (double(r) + 0.5) / double(m);
   check(all, vocab, b, "uniforms");

@@ -181,6 +181,34 @@ TEST(Engine, SeededSamplingIsReproducibleAcrossBatchMixes) {
   EXPECT_NE(r2["s#1"].ids, want.ids);
 }
 
+// generate() samples as the engine does (ops::sample_rows, the same RNG
+// draws, the same penalty tokens): a seeded request gives the same tokens.
+TEST(Engine, GenerateSamplesAsTheEngineDoes) {
+  const std::vector<int32_t> prompt = tokenizer().encode("It was a truth universally acknowledged", true);
+  GenerationParams p;
+  p.sampling.temperature = 0.9f;
+  p.sampling.top_p = 0.95f;
+  p.sampling.repetition_penalty = 1.2f;
+  p.sampling.frequency_penalty = 0.3f;
+  p.sampling.seed = 4321;
+  p.max_tokens = 32;
+  p.ignore_eos = true;
+  Engine e(model(), &tokenizer(), small_config(64));
+  e.add_request("s", prompt, p);
+  const Result want = run_all(e)["s"];
+  ASSERT_EQ(want.ids.size(), 32u);
+
+  GenerateOptions opt;
+  opt.max_tokens = p.max_tokens;
+  opt.sampling = p.sampling;
+  std::vector<int32_t> got;
+  generate(model(), prompt, opt, [&](int32_t t) {
+    got.push_back(t);
+    return true;
+  });
+  EXPECT_EQ(got, want.ids);
+}
+
 TEST(Engine, StopStringsEndTheTextAndAreHeldBackWhileStreaming) {
   auto ref = nlohmann::json::parse(read_text_file(kModel + "/reference.json"));
   const auto& g = ref["greedy"][0];

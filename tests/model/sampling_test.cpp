@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <random>
+#include <span>
 
 #include "backend/ops/sample.h"
 #include "core/error.h"
@@ -15,31 +15,42 @@ namespace {
 
 std::vector<float> logits5() { return {1.0f, 3.0f, 2.0f, 0.5f, 3.0f}; }
 
+// One token as generate() and the engine pick it: ops::sample_rows (the CPU
+// op) on one row with the request's parameters, a uniform from the request's
+// Rng when not greedy, the distinct prompt and output ids as penalty tokens.
+int32_t sample_one(const std::vector<float>& logits, const SamplingParams& p, Rng& rng,
+                   std::span<const int32_t> prompt = {}, std::span<const int32_t> output = {}) {
+  ops::SampleBatch b;
+  ops::SampleRow row;
+  row.params = p;
+  if (!p.greedy()) row.uniform = rng.uniform();
+  ops::add_penalty_tokens(b, row, prompt, output, int64_t(logits.size()));
+  b.rows.push_back(row);
+  Tensor x = Tensor::from_floats({1, int64_t(logits.size())}, logits);  // [1, vocab]
+  return ops::sample_rows(x, b)[0].token;
+}
+
 TEST(Sampling, GreedyIsArgmaxLowestIdOnTies) {
   SamplingParams p;
   p.temperature = 0;
-  Sampler s(p);
-  auto l = logits5();
-  EXPECT_EQ(s.sample(l, {}, {}), 1);
+  Rng rng(1);
+  EXPECT_EQ(sample_one(logits5(), p, rng), 1);
+  EXPECT_EQ(argmax(logits5()), 1);
 }
 
 TEST(Sampling, TopKOneIsGreedy) {
   SamplingParams p;
   p.temperature = 1.5f;
   p.top_k = 1;
-  p.seed = 3;
-  Sampler s(p);
-  for (int i = 0; i < 50; ++i) {
-    auto l = std::vector<float>{0.1f, 0.2f, 5.0f, 0.3f};
-    EXPECT_EQ(s.sample(l, {}, {}), 2);
-  }
+  Rng rng(3);
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(sample_one({0.1f, 0.2f, 5.0f, 0.3f}, p, rng), 2);
 }
 
 TEST(Sampling, DistributionIsSoftmaxOfScaledLogits) {
   SamplingParams p;
   p.temperature = 2.0f;
   auto l = logits5();
-  auto d = sampling_distribution(l, p);
+  auto d = ops::sample_math::distribution(l, p);
   ASSERT_EQ(d.size(), 5u);
   double z = 0;
   for (float x : l) z += std::exp(x / 2.0);
@@ -48,11 +59,21 @@ TEST(Sampling, DistributionIsSoftmaxOfScaledLogits) {
   EXPECT_EQ(d[1].first, 4);
 }
 
+TEST(Sampling, TopKKeepsTheKMostLikely) {
+  SamplingParams p;
+  p.top_k = 2;
+  auto d = ops::sample_math::distribution(logits5(), p);
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_EQ(d[0].first, 1);
+  EXPECT_EQ(d[1].first, 4);
+  EXPECT_NEAR(d[0].second, 0.5, 1e-6);
+}
+
 TEST(Sampling, TopPKeepsSmallestPrefixReachingMass) {
   SamplingParams p;
   p.top_p = 0.5f;
   std::vector<float> l = {std::log(0.4f), std::log(0.3f), std::log(0.2f), std::log(0.1f)};
-  auto d = sampling_distribution(l, p);
+  auto d = ops::sample_math::distribution(l, p);
   ASSERT_EQ(d.size(), 2u);  // 0.4 < 0.5 <= 0.7
   EXPECT_NEAR(d[0].second, 0.4 / 0.7, 1e-6);
   EXPECT_NEAR(d[1].second, 0.3 / 0.7, 1e-6);
@@ -62,38 +83,63 @@ TEST(Sampling, MinPDropsUnlikelyTokens) {
   SamplingParams p;
   p.min_p = 0.6f;
   std::vector<float> l = {std::log(0.4f), std::log(0.3f), std::log(0.2f), std::log(0.1f)};
-  auto d = sampling_distribution(l, p);
+  auto d = ops::sample_math::distribution(l, p);
   ASSERT_EQ(d.size(), 2u);  // 0.3 >= 0.24, 0.2 < 0.24
   EXPECT_EQ(d[1].first, 1);
 }
 
 TEST(Sampling, PenaltiesFollowHfAndOpenAiDefinitions) {
   SamplingParams p;
+  p.temperature = 0;
   p.repetition_penalty = 2.0f;
   p.presence_penalty = 0.5f;
   p.frequency_penalty = 0.25f;
+  const std::vector<int32_t> prompt = {0, 1, 1, 9};  // 9: outside the vocabulary, ignored
+  const std::vector<int32_t> out = {2, 2};
+
+  // The penalty tokens: distinct ids of prompt and output with their output counts.
+  ops::SampleBatch b;
+  ops::SampleRow row;
+  row.params = p;
+  ops::add_penalty_tokens(b, row, prompt, out, 4);
+  EXPECT_EQ(b.penalty_tokens, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(b.output_counts, (std::vector<int32_t>{0, 0, 2}));
+  EXPECT_EQ(row.penalty_begin, 0);
+  EXPECT_EQ(row.penalty_end, 3);
+
   std::vector<float> l = {4.0f, -4.0f, 1.0f, 1.0f};
-  std::vector<int32_t> prompt = {0, 1};
-  std::vector<int32_t> out = {2, 2};
-  apply_penalties(l, p, prompt, out);
+  ops::sample_math::penalize(l, p, b.penalty_tokens, b.output_counts);
   EXPECT_FLOAT_EQ(l[0], 2.0f);                     // positive: divided
   EXPECT_FLOAT_EQ(l[1], -8.0f);                    // negative: multiplied
   EXPECT_FLOAT_EQ(l[2], 0.5f - 0.5f - 0.25f * 2);  // repetition then presence + 2 * frequency
   EXPECT_FLOAT_EQ(l[3], 1.0f);                     // unseen
+
+  // Through the op: 2 wins without penalties, 3 (unseen) with them.
+  Rng rng(1);
+  const std::vector<float> logits = {1.5f, -4.0f, 2.5f, 1.0f};
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  EXPECT_EQ(sample_one(logits, greedy, rng, prompt, out), 2);
+  EXPECT_EQ(sample_one(logits, p, rng, prompt, out), 3);  // 0.75, -8, 0.25, 1
+
+  // No penalty on: no penalty tokens.
+  ops::SampleBatch none;
+  ops::SampleRow plain;
+  ops::add_penalty_tokens(none, plain, prompt, out, 4);
+  EXPECT_TRUE(none.penalty_tokens.empty());
+  EXPECT_EQ(plain.penalty_end, plain.penalty_begin);
 }
 
 TEST(Sampling, SeededSamplingIsReproducibleAndFollowsTheDistribution) {
   SamplingParams p;
   p.temperature = 1.0f;
-  p.seed = 1234;
-  std::vector<float> base = {0.0f, 1.0f, 2.0f, -1.0f};
-  Sampler a(p), b(p);
+  const std::vector<float> base = {0.0f, 1.0f, 2.0f, -1.0f};
+  Rng a(1234), b(1234);
   std::map<int32_t, int> counts;
   const int n = 20000;
   for (int i = 0; i < n; ++i) {
-    auto l1 = base, l2 = base;
-    int32_t x = a.sample(l1, {}, {});
-    EXPECT_EQ(x, b.sample(l2, {}, {}));
+    const int32_t x = sample_one(base, p, a);
+    EXPECT_EQ(x, sample_one(base, p, b));
     ++counts[x];
   }
   double z = 0;
@@ -102,16 +148,66 @@ TEST(Sampling, SeededSamplingIsReproducibleAndFollowsTheDistribution) {
     double expect = std::exp(base[size_t(t)]) / z;
     EXPECT_NEAR(double(counts[t]) / n, expect, 0.015) << "token " << t;
   }
-  SamplingParams q = p;
-  q.seed = 99;
-  Sampler c(q);
+  Rng a2(1234), c(99);
   int differ = 0;
-  Sampler a2(p);
-  for (int i = 0; i < 200; ++i) {
-    auto l1 = base, l2 = base;
-    differ += a2.sample(l1, {}, {}) != c.sample(l2, {}, {});
-  }
+  for (int i = 0; i < 200; ++i) differ += sample_one(base, p, a2) != sample_one(base, p, c);
   EXPECT_GT(differ, 20);
+}
+
+// Seeded streams are those of the former host Sampler (model/sampling.h
+// before sampling went through ops::sample_rows only): the tokens below were
+// recorded from it (seed 77, prompt {3, 5, 5, 17, 250}, logits uniform in
+// [-4, 4) from an Rng of seed 2024, 40 steps).
+TEST(Sampling, SeededStreamsMatchTheFormerHostSampler) {
+  struct Case {
+    float temperature;
+    int32_t top_k;
+    float top_p, min_p, rep, presence, frequency;
+    std::vector<int32_t> want;
+  };
+  const Case cases[] = {
+      {0, 0, 1, 0, 1, 0, 0, {214, 70,  116, 279, 157, 216, 135, 115, 256, 162, 258, 92,  157, 204,
+                             89,  153, 134, 168, 137, 56,  237, 119, 242, 23,  98,  172, 196, 255,
+                             216, 102, 72,  68,  30,  101, 105, 179, 196, 201, 297, 84}},
+      {1, 0, 1, 0, 1, 0, 0, {245, 103, 151, 19,  76,  116, 180, 45,  159, 196, 292, 19, 183, 32,
+                             45,  81,  54,  233, 225, 114, 225, 280, 77,  232, 292, 26, 276, 293,
+                             69,  261, 71,  135, 269, 49,  182, 290, 46,  277, 288, 83}},
+      {0.7f, 20, 0.9f, 0, 1, 0, 0, {124, 0,   278, 272, 224, 21,  135, 225, 187, 220, 209, 270, 214, 204,
+                                    205, 185, 248, 274, 184, 132, 272, 295, 45,  225, 220, 123, 286, 42,
+                                    258, 262, 150, 55,  30,  284, 105, 245, 89,  84,  43,  42}},
+      {1.2f, 0, 1, 0.05f, 1.3f, 0, 0, {206, 254, 97, 203, 222, 41,  64, 111, 204, 51,  117, 182, 127, 269,
+                                       112, 193, 54, 224, 94,  1,   86, 281, 90,  287, 273, 57,  161, 1,
+                                       217, 260, 92, 73,  12,  181, 23, 158, 243, 252, 256, 83}},
+      {0.9f, 0, 0.8f, 0, 1, 0.4f, 0.2f, {132, 131, 215, 295, 195, 238, 164, 68,  236, 16,  299, 29,  130, 56,
+                                         128, 205, 198, 137, 22,  265, 144, 30,  157, 75,  229, 253, 183, 265,
+                                         71,  39,  35,  238, 298, 127, 105, 191, 285, 189, 286, 213}},
+      {0, 0, 1, 0, 1.5f, 0.5f, 0, {214, 70,  116, 279, 157, 216, 135, 115, 256, 162, 258, 92,  237, 204,
+                                   89,  153, 134, 168, 137, 56,  36,  119, 242, 23,  98,  172, 196, 255,
+                                   197, 102, 72,  68,  30,  101, 105, 179, 186, 201, 297, 84}},
+      {1.5f, 5, 1, 0, 1, -0.5f, 0.3f, {282, 202, 296, 294, 75,  216, 135, 5,   292, 91,  225, 92,  237, 204,
+                                       173, 66,  134, 168, 170, 199, 36,  119, 142, 270, 225, 119, 215, 247,
+                                       146, 151, 282, 243, 30,  215, 105, 50,  186, 250, 44,  75}},
+  };
+  const int64_t vocab = 300;
+  for (const Case& c : cases) {
+    SamplingParams p;
+    p.temperature = c.temperature;
+    p.top_k = c.top_k;
+    p.top_p = c.top_p;
+    p.min_p = c.min_p;
+    p.repetition_penalty = c.rep;
+    p.presence_penalty = c.presence;
+    p.frequency_penalty = c.frequency;
+    Rng rng(77), logit_rng(2024);
+    const std::vector<int32_t> prompt = {3, 5, 5, 17, 250};
+    std::vector<int32_t> out;
+    for (size_t step = 0; step < c.want.size(); ++step) {
+      std::vector<float> l(static_cast<size_t>(vocab));
+      for (float& x : l) x = float(logit_rng.uniform() * 8.0 - 4.0);
+      out.push_back(sample_one(l, p, rng, prompt, out));
+    }
+    EXPECT_EQ(out, c.want) << "case temperature " << c.temperature << " top_k " << c.top_k;
+  }
 }
 
 TEST(Sampling, InvalidParamsAreRejectedWithField) {
@@ -122,6 +218,7 @@ TEST(Sampling, InvalidParamsAreRejectedWithField) {
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_EQ(e.field(), "top_p");
+    EXPECT_EQ(std::string(e.what()), "request: top_p: 0 is invalid; expected a value in (0, 1]");
   }
   p = {};
   p.temperature = -1;
@@ -129,69 +226,25 @@ TEST(Sampling, InvalidParamsAreRejectedWithField) {
   p = {};
   p.min_p = 1.5f;
   EXPECT_THROW(p.validate("request"), Error);
-}
+  p = {};
+  p.top_k = -2;
+  EXPECT_THROW(p.validate("request"), Error);
+  p = {};
+  p.presence_penalty = 2.5f;
+  EXPECT_THROW(p.validate("request"), Error);
 
-// The host Sampler and ops::sample_rows on the CPU (the engine's path) pick
-// the same tokens: same seed, the op's uniforms drawn from an Rng of that seed
-// only for sampled tokens, penalties as distinct ids with output counts.
-TEST(Sampling, SamplerAndTheSampleRowsOpAgree) {
-  std::mt19937 gen(21);
-  std::normal_distribution<float> nd(0.0f, 2.0f);
-  const int64_t vocab = 300;
-  struct Case {
-    float temperature;
-    int32_t top_k;
-    float top_p, min_p, rep, presence, frequency;
-  };
-  const Case cases[] = {{0, 0, 1, 0, 1, 0, 0},
-                        {1, 0, 1, 0, 1, 0, 0},
-                        {0.7f, 20, 0.9f, 0, 1, 0, 0},
-                        {1.2f, 0, 1, 0.05f, 1.3f, 0, 0},
-                        {0.9f, 0, 0.8f, 0, 1, 0.4f, 0.2f},
-                        {0, 0, 1, 0, 1.5f, 0.5f, 0}};
-  for (const Case& c : cases) {
-    SamplingParams p;
-    p.temperature = c.temperature;
-    p.top_k = c.top_k;
-    p.top_p = c.top_p;
-    p.min_p = c.min_p;
-    p.repetition_penalty = c.rep;
-    p.presence_penalty = c.presence;
-    p.frequency_penalty = c.frequency;
-    p.seed = 77;
-    Sampler sampler(p);
-    Rng rng(77);
-    std::vector<int32_t> prompt = {3, 5, 5, 17, 250};
-    std::vector<int32_t> out_a, out_b;
-    for (int step = 0; step < 40; ++step) {
-      std::vector<float> l(static_cast<size_t>(vocab));
-      for (float& x : l) x = nd(gen);
-      std::vector<float> host = l;
-      out_a.push_back(sampler.sample(host, prompt, out_b));
-      ops::SampleBatch b;
-      ops::SampleRow row;
-      row.temperature = p.temperature;
-      row.top_k = p.top_k;
-      row.top_p = p.top_p;
-      row.min_p = p.min_p;
-      row.repetition_penalty = p.repetition_penalty;
-      row.presence_penalty = p.presence_penalty;
-      row.frequency_penalty = p.frequency_penalty;
-      if (!p.greedy()) row.uniform = rng.uniform();
-      std::vector<int32_t> ids = prompt;
-      ids.insert(ids.end(), out_b.begin(), out_b.end());
-      std::sort(ids.begin(), ids.end());
-      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-      for (int32_t t : ids) {
-        b.penalty_tokens.push_back(t);
-        b.output_counts.push_back(int32_t(std::count(out_b.begin(), out_b.end(), t)));
-      }
-      row.penalty_end = int32_t(ids.size());
-      b.rows.push_back(row);
-      Tensor x = Tensor::from_floats({1, vocab}, l);
-      out_b.push_back(ops::sample_rows(x, b)[0].token);
-      ASSERT_EQ(out_a, out_b) << "case temperature " << c.temperature << " step " << step;
-    }
+  // The op checks its rows with the same validate(), naming the row.
+  ops::SampleBatch b;
+  ops::SampleRow row;
+  row.params.repetition_penalty = 0;
+  b.rows.push_back(row);
+  Tensor x = Tensor::from_floats({1, 5}, logits5());
+  try {
+    ops::sample_rows(x, b);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.field(), "repetition_penalty");
+    EXPECT_EQ(e.source(), "op sample_rows: batch.rows[0].params");
   }
 }
 

@@ -1,5 +1,5 @@
 // ops::sample_rows on the CPU over the reference sampling math
-// (sample_math.cpp).
+// (sample_math.cpp): bans, penalties, the pick, logprobs.
 #include "backend/ops/sample.h"
 
 #include <algorithm>
@@ -51,21 +51,15 @@ std::vector<ops::SampledToken> sample_rows(Tensor& logits, const ops::SampleBatc
       } else {
         for (int32_t i = sr.banned_begin; i < sr.banned_end; ++i)
           row[size_t(b.banned[size_t(i)])] = -std::numeric_limits<float>::infinity();
-        if (sr.repetition_penalty != 1.0f)
-          for (int32_t i = sr.penalty_begin; i < sr.penalty_end; ++i) {
-            float& l = row[size_t(b.penalty_tokens[size_t(i)])];
-            l = l > 0 ? l / sr.repetition_penalty : l * sr.repetition_penalty;
-          }
-        if (sr.presence_penalty != 0.0f || sr.frequency_penalty != 0.0f)
-          for (int32_t i = sr.penalty_begin; i < sr.penalty_end; ++i) {
-            const int32_t n = b.output_counts[size_t(i)];
-            if (n > 0)
-              row[size_t(b.penalty_tokens[size_t(i)])] -= sr.presence_penalty + sr.frequency_penalty * float(n);
-          }
-        if (sr.greedy()) {
+        if (sr.params.has_penalties() && sr.penalty_end > sr.penalty_begin) {
+          const size_t first = size_t(sr.penalty_begin), n = size_t(sr.penalty_end - sr.penalty_begin);
+          ops::sample_math::penalize(row, sr.params, std::span(b.penalty_tokens).subspan(first, n),
+                                     std::span(b.output_counts).subspan(first, n));
+        }
+        if (sr.params.greedy()) {
           t.token = ops::sample_math::argmax(row);
         } else {
-          auto dist = ops::sample_math::distribution(row, sr.temperature, sr.top_k, sr.top_p, sr.min_p);
+          auto dist = ops::sample_math::distribution(row, sr.params);
           t.token = ops::sample_math::pick(dist, sr.uniform);
         }
       }

@@ -1,7 +1,8 @@
-// The reference sampling math (ops::sample_math): the CPU kernel runs it and
-// model/sampling.h forwards its distribution here, so the engine's seeded
-// outputs are those of the former host sampler. No tensors or threads: the
-// request-parser fuzzer links this file alone.
+// The reference sampling math (ops::sample_math) over a row's
+// SamplingParams: the penalties and the distribution. The CPU kernel
+// (sample.cpp) runs it for the engine and generate(); the CUDA kernel
+// (cuda/sample.cu) is tested against it. A new sampling parameter's math
+// goes here. No tensors or threads.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -10,9 +11,22 @@
 
 namespace kite::ops::sample_math {
 
-std::vector<std::pair<int32_t, float>> distribution(std::span<const float> logits, float temperature, int32_t top_k,
-                                                    float top_p, float min_p) {
-  const float temp = temperature > 0 ? temperature : 1.0f;
+void penalize(std::span<float> row, const SamplingParams& p, std::span<const int32_t> tokens,
+              std::span<const int32_t> counts) {
+  if (p.repetition_penalty != 1.0f)
+    for (int32_t t : tokens) {
+      float& l = row[size_t(t)];
+      l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+    }
+  if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f)
+    for (size_t i = 0; i < tokens.size(); ++i)
+      if (counts[i] > 0) row[size_t(tokens[i])] -= p.presence_penalty + p.frequency_penalty * float(counts[i]);
+}
+
+std::vector<std::pair<int32_t, float>> distribution(std::span<const float> logits, const SamplingParams& p) {
+  const float temp = p.temperature > 0 ? p.temperature : 1.0f;
+  const int32_t top_k = p.top_k;
+  const float top_p = p.top_p, min_p = p.min_p;
   std::vector<std::pair<int32_t, float>> cand(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) cand[i] = {int32_t(i), logits[i] / temp};
   // Highest first; ties by lower id so results never depend on sort stability.

@@ -405,7 +405,8 @@ __global__ __launch_bounds__(kThreads, kClustered ? 1 : 2) void sample_rows_kern
 
   int32_t token = a.forced_token;
   if (token < 0) {
-    const bool penalize = a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f;
+    const bool penalize =
+        a.params.repetition_penalty != 1.0f || a.params.presence_penalty != 0.0f || a.params.frequency_penalty != 0.0f;
     const int pb = penalize ? a.penalty_begin : 0, pe = penalize ? a.penalty_end : 0;
     const bool modify = pe > pb || a.banned_end > a.banned_begin;
     if (modify) {
@@ -422,25 +423,26 @@ __global__ __launch_bounds__(kThreads, kClustered ? 1 : 2) void sample_rows_kern
       if (owner)
         for (int i = pb + int(threadIdx.x); i < pe; i += blockDim.x) {  // distinct ids: one thread each
           float l = x[pen_tok[i]];
-          if (a.repetition_penalty != 1.0f)
-            l = l > 0 ? __fdiv_rn(l, a.repetition_penalty) : __fmul_rn(l, a.repetition_penalty);
-          if ((a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f) && pen_cnt[i] > 0)
-            l = __fsub_rn(l, __fadd_rn(a.presence_penalty, __fmul_rn(a.frequency_penalty, float(pen_cnt[i]))));
+          if (a.params.repetition_penalty != 1.0f)
+            l = l > 0 ? __fdiv_rn(l, a.params.repetition_penalty) : __fmul_rn(l, a.params.repetition_penalty);
+          if ((a.params.presence_penalty != 0.0f || a.params.frequency_penalty != 0.0f) && pen_cnt[i] > 0)
+            l = __fsub_rn(
+                l, __fadd_rn(a.params.presence_penalty, __fmul_rn(a.params.frequency_penalty, float(pen_cnt[i]))));
           x[pen_tok[i]] = l;
         }
       part_sync(p, true);  // the modified row is seen by every CTA
     }
-    if (a.temperature == 0.0f) {
+    if (a.params.temperature == 0.0f) {
       token = part_argmax(p, x, n);
     } else {
-      const float temp = a.temperature;
+      const float temp = a.params.temperature;
       const float mx = __fdiv_rn(part_max(p, x, n), temp);
       uint64_t lo = 0;
-      if (a.top_k > 0 && a.top_k < n)
-        lo = part_select(p, Filter{x, n, temp, 0, mx, 0, false}, uint64_t(a.top_k - 1), sh);
-      if (a.top_p < 1.0f)  // the smallest prefix with mass >= top_p of the top-k mass
-        lo = part_select(p, Filter{x, n, temp, lo, mx, 0, true}, 0, sh, Target::kCeilFraction, double(a.top_p));
-      const Filter f{x, n, temp, lo, mx, a.min_p, true};
+      if (a.params.top_k > 0 && a.params.top_k < n)
+        lo = part_select(p, Filter{x, n, temp, 0, mx, 0, false}, uint64_t(a.params.top_k - 1), sh);
+      if (a.params.top_p < 1.0f)  // the smallest prefix with mass >= top_p of the top-k mass
+        lo = part_select(p, Filter{x, n, temp, lo, mx, 0, true}, 0, sh, Target::kCeilFraction, double(a.params.top_p));
+      const Filter f{x, n, temp, lo, mx, a.params.min_p, true};
       token = key_index(part_select(p, f, 0, sh, Target::kFloorFraction, a.uniform));
     }
     if (modify && want_lp) {  // logprobs and rank from the raw row

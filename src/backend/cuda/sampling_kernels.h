@@ -4,6 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
+
+#include "backend/ops/sampling_params.h"
 
 namespace kite {
 struct Kernels;
@@ -16,17 +19,19 @@ namespace kite::cuda {
 cudaError_t launch_argmax_rows(const float* x, int32_t* out, int64_t m, int64_t n, cudaStream_t stream);
 
 // ---- ops::sample_rows (sample.cu) ------------------------------------------
-// One row's sampling parameters as the kernel reads them (ops::SampleRow).
+// One row as the kernel reads it: ops::SampleRow packed for the upload,
+// filled by sample_row_args (sampling_ops.cpp) and nowhere else. `params` is
+// the request's SamplingParams as they are (a new parameter needs no change
+// here, only its use in sample.cu).
 struct SampleRowArgs {
-  double uniform;  // first: 8-byte aligned in the packed upload
-  float temperature;
-  int32_t top_k;
-  float top_p, min_p;
-  float repetition_penalty, presence_penalty, frequency_penalty;
+  SamplingParams params;
+  double uniform;
   int32_t forced_token, num_logprobs;
   int32_t penalty_begin, penalty_end, banned_begin, banned_end;
-  int32_t pad_;
 };
+// Copied with memcpy into 8-byte aligned rows of one upload.
+static_assert(std::is_trivially_copyable_v<SampleRowArgs> && std::is_standard_layout_v<SampleRowArgs>);
+static_assert(sizeof(SampleRowArgs) % 8 == 0 && alignof(SampleRowArgs) <= 8);
 constexpr int kSampleMaxTop = 20;
 struct SampleResult {
   int32_t token;

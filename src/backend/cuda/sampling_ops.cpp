@@ -10,6 +10,18 @@ namespace kite::cuda {
 
 namespace {
 
+// The one place an ops::SampleRow becomes the kernel's SampleRowArgs.
+SampleRowArgs sample_row_args(const ops::SampleRow& r) {
+  return {.params = r.params,
+          .uniform = r.uniform,
+          .forced_token = r.forced_token,
+          .num_logprobs = r.num_logprobs,
+          .penalty_begin = r.penalty_begin,
+          .penalty_end = r.penalty_end,
+          .banned_begin = r.banned_begin,
+          .banned_end = r.banned_end};
+}
+
 void argmax(const Tensor& x, Tensor& out) {
   const int dev = x.device().index;
   set_device(dev);
@@ -32,30 +44,12 @@ std::vector<ops::SampledToken> sample_rows(Tensor& logits, const ops::SampleBatc
     return out;
   }
   // One upload: rows, then penalty tokens, output counts, banned ids.
-  static_assert(sizeof(SampleRowArgs) % 8 == 0 && sizeof(SampleResult) % 4 == 0);
+  static_assert(sizeof(SampleResult) % 4 == 0);
   const int64_t n_pen = int64_t(b.penalty_tokens.size()), n_ban = int64_t(b.banned.size());
   const int64_t row_words = m * int64_t(sizeof(SampleRowArgs) / 4);
   Tensor host = Tensor::empty({row_words + 2 * n_pen + n_ban}, DType::I32);
   auto* rows = reinterpret_cast<SampleRowArgs*>(host.data());
-  for (int64_t r = 0; r < m; ++r) {
-    const ops::SampleRow& s = b.rows[size_t(r)];
-    SampleRowArgs& a = rows[r];
-    std::memset(&a, 0, sizeof(a));
-    a.uniform = s.uniform;
-    a.temperature = s.temperature;
-    a.top_k = s.top_k;
-    a.top_p = s.top_p;
-    a.min_p = s.min_p;
-    a.repetition_penalty = s.repetition_penalty;
-    a.presence_penalty = s.presence_penalty;
-    a.frequency_penalty = s.frequency_penalty;
-    a.forced_token = s.forced_token;
-    a.num_logprobs = s.num_logprobs;
-    a.penalty_begin = s.penalty_begin;
-    a.penalty_end = s.penalty_end;
-    a.banned_begin = s.banned_begin;
-    a.banned_end = s.banned_end;
-  }
+  for (int64_t r = 0; r < m; ++r) rows[r] = sample_row_args(b.rows[size_t(r)]);
   int32_t* ints = host.data_as<int32_t>() + row_words;
   if (n_pen) {
     std::memcpy(ints, b.penalty_tokens.data(), size_t(n_pen) * 4);

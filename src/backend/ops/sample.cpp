@@ -1,6 +1,6 @@
 #include "backend/ops/sample.h"
 
-#include <cmath>
+#include <algorithm>
 
 #include "backend/ops/check.h"
 
@@ -24,12 +24,7 @@ std::vector<SampledToken> sample_rows(Tensor& logits, const SampleBatch& batch) 
   for (int64_t i = 0; i < m; ++i) {
     const SampleRow& r = batch.rows[size_t(i)];
     const std::string arg = fmt::format("batch.rows[{}]", i);
-    if (!(r.temperature >= 0.0f) || !std::isfinite(r.temperature))
-      c.fail_arg(arg, fmt::format("temperature {} is invalid; expected >= 0", r.temperature));
-    if (!(r.top_p > 0.0f && r.top_p <= 1.0f)) c.fail_arg(arg, fmt::format("top_p {} outside (0, 1]", r.top_p));
-    if (!(r.min_p >= 0.0f && r.min_p <= 1.0f)) c.fail_arg(arg, fmt::format("min_p {} outside [0, 1]", r.min_p));
-    if (!(r.repetition_penalty > 0.0f) || !std::isfinite(r.repetition_penalty))
-      c.fail_arg(arg, fmt::format("repetition_penalty {} is invalid; expected > 0", r.repetition_penalty));
+    r.params.validate(fmt::format("op sample_rows: {}.params", arg));
     if (!(r.uniform >= 0.0 && r.uniform < 1.0)) c.fail_arg(arg, fmt::format("uniform {} outside [0, 1)", r.uniform));
     if (r.forced_token >= vocab) c.fail_arg(arg, fmt::format("forced_token {} outside [0, {})", r.forced_token, vocab));
     if (r.num_logprobs < -1 || r.num_logprobs > kMaxSampleLogprobs)
@@ -43,6 +38,25 @@ std::vector<SampledToken> sample_rows(Tensor& logits, const SampleBatch& batch) 
   }
   if (m == 0) return {};
   return c.kernel(logits.device(), &Kernels::sample_rows)(logits, batch);
+}
+
+void add_penalty_tokens(SampleBatch& batch, SampleRow& row, std::span<const int32_t> prompt,
+                        std::span<const int32_t> output, int64_t vocab) {
+  if (!row.params.has_penalties()) return;
+  row.penalty_begin = int32_t(batch.penalty_tokens.size());
+  std::vector<int32_t> ids(prompt.begin(), prompt.end());
+  ids.insert(ids.end(), output.begin(), output.end());
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<int32_t> out_ids(output.begin(), output.end());
+  std::sort(out_ids.begin(), out_ids.end());
+  for (int32_t t : ids) {
+    if (t < 0 || t >= vocab) continue;
+    const auto [lo, hi] = std::equal_range(out_ids.begin(), out_ids.end(), t);
+    batch.penalty_tokens.push_back(t);
+    batch.output_counts.push_back(int32_t(hi - lo));
+  }
+  row.penalty_end = int32_t(batch.penalty_tokens.size());
 }
 
 }  // namespace kite::ops

@@ -20,13 +20,7 @@ struct GenerateArgs {
   bool chat = false;
   std::string system;
   int64_t max_tokens = 128;
-  float temperature = 0.0f;
-  float top_p = 1.0f;
-  int32_t top_k = 0;
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
+  SamplingParams sampling;  // the flags write into it (temperature defaults to 0 here: greedy)
   int64_t seed = -1;
   int64_t context = 0;
   bool ignore_eos = false;
@@ -55,13 +49,7 @@ int run_generate(const GenerateArgs& a) {
 
   GenerationParams gp;
   gp.max_tokens = a.max_tokens;
-  gp.sampling.temperature = a.temperature;
-  gp.sampling.top_p = a.top_p;
-  gp.sampling.top_k = a.top_k;
-  gp.sampling.min_p = a.min_p;
-  gp.sampling.repetition_penalty = a.repetition_penalty;
-  gp.sampling.presence_penalty = a.presence_penalty;
-  gp.sampling.frequency_penalty = a.frequency_penalty;
+  gp.sampling = a.sampling;
   if (a.seed >= 0) gp.sampling.seed = uint64_t(a.seed);
   gp.ignore_eos = a.ignore_eos;
   gp.stop = a.stop;
@@ -106,6 +94,7 @@ int run_generate(const GenerateArgs& a) {
 
 Run add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
+  a->sampling.temperature = 0.0f;
   CLI::App* c = app.add_subcommand("generate", "Generate a continuation of one prompt, streamed to stdout");
   c->add_option("--model,-m", a->model, "Model directory (config.json + safetensors) or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
@@ -116,18 +105,20 @@ Run add_generate(CLI::App& app) {
   c->add_option("--max-tokens,-n", a->max_tokens, "Most tokens to generate")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  c->add_option("--temperature,-t", a->temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
-  c->add_option("--top-p", a->top_p, "Nucleus sampling: keep the smallest set of tokens with this much probability")
+  c->add_option("--temperature,-t", a->sampling.temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
+  c->add_option("--top-p", a->sampling.top_p,
+                "Nucleus sampling: keep the smallest set of tokens with this much probability")
       ->capture_default_str();
-  c->add_option("--top-k", a->top_k, "Keep only the K most likely tokens; 0 = off")->capture_default_str();
-  c->add_option("--min-p", a->min_p, "Drop tokens less likely than min-p times the most likely one; 0 = off")
+  c->add_option("--top-k", a->sampling.top_k, "Keep only the K most likely tokens; 0 = off")->capture_default_str();
+  c->add_option("--min-p", a->sampling.min_p, "Drop tokens less likely than min-p times the most likely one; 0 = off")
       ->capture_default_str();
-  c->add_option("--repetition-penalty", a->repetition_penalty,
+  c->add_option("--repetition-penalty", a->sampling.repetition_penalty,
                 "Divide logits of tokens already seen (prompt and output); 1 = off")
       ->capture_default_str();
-  c->add_option("--presence-penalty", a->presence_penalty, "Subtract from logits of tokens already generated")
+  c->add_option("--presence-penalty", a->sampling.presence_penalty, "Subtract from logits of tokens already generated")
       ->capture_default_str();
-  c->add_option("--frequency-penalty", a->frequency_penalty, "Subtract this times the count of each generated token")
+  c->add_option("--frequency-penalty", a->sampling.frequency_penalty,
+                "Subtract this times the count of each generated token")
       ->capture_default_str();
   c->add_option("--seed", a->seed, "Random seed; the same seed gives the same output; -1 = random")
       ->capture_default_str();
