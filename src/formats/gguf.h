@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/quant_weight.h"
 #include "core/tensor.h"
 #include "formats/hf_config.h"
 
@@ -69,6 +70,21 @@ bool ggml_can_dequantize(GgmlType t);
 // Dequantizes `n` elements (a multiple of the block size) from `src` to
 // `dst`. KITE_CHECKs that the type is supported and n is whole blocks.
 void dequantize_ggml(GgmlType type, const void* src, float* dst, int64_t n);
+
+class GgufFile;
+
+// A 2-D linear weight stored as Q8_0 or Q4_0, mapped exactly (never through
+// F32) onto Kite's layouts (core/quant_weight.h), group 32, one ggml block
+// per group:
+//   Q8_0 -> Int8: codes copied, scales = float(d).
+//   Q4_0 -> Int4: zeros 8 (symmetric), scales = float(d), nibbles repacked
+//           from ggml's order (element j of a block in the low nibble of byte
+//           j, element j + 16 in its high nibble) to Kite's (element i in
+//           byte i / 2, low nibble for even i).
+// dequantize() of the result equals dequantize_ggml bit for bit. nullopt for
+// every other type (the caller dequantizes those). Throws Error(path, name,
+// ...) when the tensor is missing, not 2-D, or its rows are not whole blocks.
+std::optional<QuantWeight> gguf_quant_weight(const GgufFile& f, const std::string& name);
 
 // Metadata value types as stored in the file.
 enum class GgufValueType : uint32_t {

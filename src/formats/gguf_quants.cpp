@@ -12,10 +12,12 @@
 //   Q5_K 256 elems: f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]
 //   Q6_K 256 elems: u8 ql[128], u8 qh[64], i8 scales[16], f16 d; 16 sub-blocks of 16
 //   Q8_K 256 elems: f32 d, i8 qs[256], i16 bsums[16]
+#include <algorithm>
 #include <cstring>
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/parallel.h"
 #include "formats/gguf.h"
 
 namespace kite {
@@ -311,6 +313,62 @@ void dequantize_ggml(GgmlType type, const void* src, float* dst, int64_t n) {
   }
   int64_t blocks = n / layout.block_elems;
   for (int64_t b = 0; b < blocks; ++b) fn(s + size_t(b) * layout.block_bytes, dst + b * layout.block_elems);
+}
+
+std::optional<QuantWeight> gguf_quant_weight(const GgufFile& f, const std::string& name) {
+  const GgufTensorInfo* info = f.find_tensor(name);
+  if (!info) fail(f.path(), name, "not in file");
+  const GgmlType type = info->type;
+  if (type != GgmlType::Q8_0 && type != GgmlType::Q4_0) return std::nullopt;
+  if (info->shape.size() != 2)
+    fail(f.path(), name, "a {} linear weight must be 2-D [out, in], got {}", ggml_type_name(type),
+         shape_to_string(info->shape));
+  constexpr int64_t kBlock = 32;  // elements of a Q8_0 / Q4_0 block: one Kite group
+  const int64_t out = info->shape[0], in = info->shape[1];
+  if (out < 1 || in < 1 || in % kBlock != 0)
+    fail(f.path(), name, "{} rows of {} elements are not whole {}-element blocks; re-export the tensor as F16 or F32",
+         ggml_type_name(type), in, kBlock);
+  const GgmlBlockLayout layout = *ggml_block_layout(type);
+  const int64_t groups = in / kBlock;
+  const uint8_t* src = f.tensor_data(*info);
+  QuantWeight w;
+  w.out = out;
+  w.in = in;
+  w.group = kBlock;
+  w.scales = Tensor::empty({out, groups}, DType::F32);  // [out, in / 32]
+  float* sc = w.scales.data_as<float>();
+  if (type == GgmlType::Q8_0) {
+    w.scheme = QuantScheme::Int8;
+    w.qdata = Tensor::empty({out, in}, DType::I8);  // [out, in]
+    uint8_t* q = w.qdata.data_as<uint8_t>();
+    parallel_for(out, std::max<int64_t>(1, 16384 / in), [&](int64_t r0, int64_t r1) {
+      for (int64_t b = r0 * groups; b < r1 * groups; ++b) {
+        const uint8_t* blk = src + size_t(b) * layout.block_bytes;  // f16 d, i8 qs[32]
+        sc[b] = half_at(blk);
+        std::memcpy(q + b * kBlock, blk + 2, size_t(kBlock));
+      }
+    });
+  } else {
+    w.scheme = QuantScheme::Int4;
+    w.qdata = Tensor::empty({out, in / 2}, DType::U8);   // [out, in / 2]
+    w.zeros = Tensor::empty({out, groups}, DType::F32);  // [out, in / 32]
+    std::fill_n(w.zeros.data_as<float>(), out * groups, 8.0f);
+    uint8_t* q = w.qdata.data_as<uint8_t>();
+    parallel_for(out, std::max<int64_t>(1, 16384 / in), [&](int64_t r0, int64_t r1) {
+      for (int64_t b = r0 * groups; b < r1 * groups; ++b) {
+        const uint8_t* blk = src + size_t(b) * layout.block_bytes;  // f16 d, u8 qs[16]
+        const uint8_t* qs = blk + 2;
+        uint8_t* dst = q + b * (kBlock / 2);
+        sc[b] = half_at(blk);
+        // Kite byte k holds elements 2k (low) and 2k + 1 (high); ggml keeps
+        // element j < 16 in the low nibble of qs[j], element j + 16 in its high.
+        for (int k = 0; k < 8; ++k) dst[k] = uint8_t((qs[2 * k] & 0x0f) | (qs[2 * k + 1] << 4));
+        for (int k = 8; k < 16; ++k) dst[k] = uint8_t((qs[2 * k - 16] >> 4) | (qs[2 * k - 15] & 0xf0));
+      }
+    });
+  }
+  w.validate(f.path() + ": " + name);
+  return w;
 }
 
 }  // namespace kite
