@@ -1,4 +1,5 @@
 // load_model: Hugging Face directories (safetensors) and GGUF files.
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -83,19 +84,40 @@ LoadedCheckpoint load_hf(const std::string& dir) {
 
 // GGUF stores llama/mistral Q and K rows permuted for interleaved (GPT-J
 // style) rotary; Kite uses the rotate-half layout of HF, so undo it:
-// rows [n_head, hd/2, 2] -> [n_head, 2, hd/2].
-Tensor unpermute_qk(const Tensor& t, int64_t n_head) {
-  const int64_t rows = t.dim(0), cols = t.dim(1), hd = rows / n_head;
-  Tensor out = Tensor::empty(t.shape(), DType::F32);
-  const float* src = t.data_as<const float>();
-  float* dst = out.data_as<float>();
+// rows [n_head, hd/2, 2] -> [n_head, 2, hd/2]. Row r of the result is row
+// src[r] of the file's.
+std::vector<int64_t> unpermute_qk_rows(int64_t rows, int64_t n_head) {
+  const int64_t hd = rows / n_head;
+  std::vector<int64_t> src(static_cast<size_t>(rows));
   for (int64_t h = 0; h < n_head; ++h)
     for (int64_t i = 0; i < hd / 2; ++i)
-      for (int64_t two = 0; two < 2; ++two) {
-        const int64_t src_row = h * hd + i * 2 + two, dst_row = h * hd + two * (hd / 2) + i;
-        std::copy_n(src + src_row * cols, cols, dst + dst_row * cols);
-      }
+      for (int64_t two = 0; two < 2; ++two) src[size_t(h * hd + two * (hd / 2) + i)] = h * hd + i * 2 + two;
+  return src;
+}
+
+// Rows src[0], src[1], ... of a contiguous CPU tensor [rows, ...], copied.
+Tensor gather_rows(const Tensor& t, const std::vector<int64_t>& src) {
+  KITE_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim(0) == int64_t(src.size()), "gather_rows: {}",
+             t.shape_str());
+  Tensor out = Tensor::empty(t.shape(), t.dtype());
+  const size_t row = t.nbytes() / src.size();
+  const auto* from = static_cast<const uint8_t*>(t.data());
+  auto* to = static_cast<uint8_t*>(out.data());
+  for (size_t r = 0; r < src.size(); ++r) std::memcpy(to + r * row, from + size_t(src[r]) * row, row);
   return out;
+}
+
+Tensor unpermute_qk(const Tensor& t, int64_t n_head) { return gather_rows(t, unpermute_qk_rows(t.dim(0), n_head)); }
+
+// The same on an Int8/Int4 weight: each row moves with its codes, scales and
+// zeros, so the dequantized result is the dense un-permutation exactly.
+QuantWeight unpermute_qk(QuantWeight w, int64_t n_head) {
+  KITE_CHECK(w.scheme == QuantScheme::Int8 || w.scheme == QuantScheme::Int4, "unpermute_qk: {} weight",
+             quant_scheme_name(w.scheme));
+  const std::vector<int64_t> src = unpermute_qk_rows(w.out, n_head);
+  for (Tensor* t : {&w.qdata, &w.scales, &w.zeros})
+    if (t->defined()) *t = gather_rows(*t, src);
+  return w;
 }
 
 std::string gguf_name(const std::string& hf) {
@@ -151,8 +173,19 @@ LoadedCheckpoint load_gguf(const std::string& path) {
     return t;
   };
   auto has = [&](const std::string& hf) { return file->find_tensor(gguf_name(hf)) != nullptr; };
+  // Q8_0 / Q4_0 linears stay quantized (Int8 / Int4, exact); others go dense.
+  auto get_linear = [&](const std::string& module, int64_t out, int64_t in) {
+    const std::string hf = module + ".weight", name = gguf_name(hf);
+    std::optional<QuantWeight> q = has(hf) ? gguf_quant_weight(*file, name) : std::nullopt;
+    if (!q) return QuantWeight::from_dense(get(hf, {out, in}));
+    if (q->out != out || q->in != in)
+      fail(path, name, "shape [{}, {}] but the GGUF metadata implies [{}, {}]", q->out, q->in, out, in);
+    if (permuted && (hf.ends_with("q_proj.weight") || hf.ends_with("k_proj.weight")))
+      *q = unpermute_qk(std::move(*q), hf.ends_with("q_proj.weight") ? config.num_heads : config.num_kv_heads);
+    return std::move(*q);
+  };
   if (!has("lm_head.weight")) config.tie_word_embeddings = true;
-  std::shared_ptr<ModelWeights> w = read_weights(config, path, get, has, {});
+  std::shared_ptr<ModelWeights> w = read_weights(config, path, get, has, get_linear);
   // Llama 3.x GGUFs carry their RoPE scaling as per-frequency divisors.
   if (file->find_tensor("rope_freqs.weight")) w->rope_freq_factors = file->dequantize("rope_freqs.weight").to_floats();
   return {std::move(config), path, std::move(w)};

@@ -1,8 +1,10 @@
 // Loading a model from GGUF: the tiny Llama fixture written as GGUF the way
 // llama.cpp's converter lays it out (Q/K rows permuted for interleaved
-// rotary, F32/F16 tensors) must give the same logits as its safetensors.
+// rotary, F32/F16 tensors) must give the same logits as its safetensors;
+// Q8_0/Q4_0 linears stay quantized and match their F32 dequantization.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "core/mapped_file.h"
 #include "formats/gguf_builder.h"
 #include "formats/safetensors.h"
+#include "model/decoder.h"
 #include "model/generation.h"
 #include "model/rope.h"
 
@@ -33,9 +36,52 @@ std::vector<float> permute_qk(const std::vector<float>& w, int64_t rows, int64_t
 
 const std::string kLlama3 = std::string(KITE_FIXTURES_DIR) + "/models/llama3_rope";
 
+// Q8_0 / Q4_0 blocks of row-major values (rows whole blocks), rounded to
+// nearest as llama.cpp's reference quantizers do.
+std::string quantize_ggml(GgmlType type, const std::vector<float>& v) {
+  std::string s;
+  auto put_half = [&](float d) {
+    const uint16_t h = f32_to_f16(d);
+    s.append(reinterpret_cast<const char*>(&h), 2);
+  };
+  for (size_t b = 0; b < v.size(); b += 32) {
+    const float* x = v.data() + b;
+    float amax = 0, max = 0;  // max: the value of largest magnitude, signed
+    for (int i = 0; i < 32; ++i)
+      if (std::fabs(x[i]) > amax) {
+        amax = std::fabs(x[i]);
+        max = x[i];
+      }
+    if (type == GgmlType::Q8_0) {
+      const float d = amax / 127, id = d != 0 ? 1 / d : 0;
+      put_half(d);
+      for (int i = 0; i < 32; ++i) s += char(int8_t(std::lround(std::clamp(x[i] * id, -127.0f, 127.0f))));
+    } else {
+      const float d = max / -8, id = d != 0 ? 1 / d : 0;
+      put_half(d);
+      for (int j = 0; j < 16; ++j) {
+        const int lo = std::min(15, int(x[j] * id + 8.5f)), hi = std::min(15, int(x[j + 16] * id + 8.5f));
+        s += char(uint8_t(lo | hi << 4));
+      }
+    }
+  }
+  return s;
+}
+
+// The ggml type of a linear weight in a file whose linears are `weight_type`
+// (Q8_0 or Q4_0; F32 for others): attn_v and ffn_down take the other one, as
+// llama.cpp's mixes bump them, so the fused qkv slot mixes both schemes.
+GgmlType linear_type(GgmlType weight_type, const std::string& gg) {
+  if (weight_type != GgmlType::Q8_0 && weight_type != GgmlType::Q4_0) return GgmlType::F32;
+  const GgmlType other = weight_type == GgmlType::Q8_0 ? GgmlType::Q4_0 : GgmlType::Q8_0;
+  return gg.ends_with("attn_v.weight") || gg.ends_with("ffn_down.weight") ? other : weight_type;
+}
+
 // Writes the HF fixture in `dir` as a GGUF. Llama 3 RoPE scaling goes into a
 // rope_freqs.weight tensor of inv_freq divisors, as llama.cpp's converter does.
-std::string write_llama_gguf(GgmlType weight_type, const std::string& dir = kLlama) {
+// weight_type Q8_0 / Q4_0 quantizes the linears (linear_type); `dequantized`
+// then stores them as F32 from ggml's dequantization of those blocks.
+std::string write_llama_gguf(GgmlType weight_type, const std::string& dir = kLlama, bool dequantized = false) {
   Checkpoint ck = Checkpoint::open(dir);
   ModelConfig c = load_model_config(dir);
   test::GgufBuilder b;
@@ -54,6 +100,15 @@ std::string write_llama_gguf(GgmlType weight_type, const std::string& dir = kLla
     std::vector<float> v = t.to_floats();
     if (permute_heads) v = permute_qk(v, t.dim(0), t.dim(1), permute_heads);
     std::vector<uint64_t> ne(t.shape().rbegin(), t.shape().rend());  // ggml order
+    if (const GgmlType q = t.ndim() == 2 && gg != "token_embd.weight" ? linear_type(weight_type, gg) : GgmlType::F32;
+        q != GgmlType::F32) {
+      const std::string blocks = quantize_ggml(q, v);
+      if (!dequantized) {
+        b.tensor(gg, q, ne, blocks);
+        return;
+      }
+      dequantize_ggml(q, blocks.data(), v.data(), int64_t(v.size()));
+    }
     const bool half = t.ndim() == 2 && weight_type == GgmlType::F16;
     std::string bytes;
     for (float x : v) {
@@ -93,7 +148,8 @@ std::string write_llama_gguf(GgmlType weight_type, const std::string& dir = kLla
     add(p + "mlp.down_proj.weight", g + "ffn_down.weight", 0);
   }
   std::string path = (std::filesystem::temp_directory_path() /
-                      ("kite_llama_" + std::to_string(::getpid()) + "_" + std::to_string(int(weight_type)) + ".gguf"))
+                      ("kite_llama_" + std::to_string(::getpid()) + "_" + std::to_string(int(weight_type)) +
+                       (dequantized ? "_f32" : "") + ".gguf"))
                          .string();
   std::ofstream(path, std::ios::binary) << b.build();
   return path;
@@ -144,6 +200,51 @@ TEST(GgufModel, F16GgufIsCloseToSafetensors) {
   // F16 weights: ~2^-11 relative rounding per weight.
   EXPECT_LT(max_err / max_ref, 5e-3);
   EXPECT_GT(max_err, 0.0);  // really ran on the F16 copies
+}
+
+// The linears of a Q8_0 / Q4_0 GGUF load as Int8 / Int4 whose dequantization
+// is bit for bit the F32 file's (q/k rows un-permuted with their codes and
+// scales); the logits differ only by the kernels' F32 rounding (~1e-6).
+TEST(GgufModel, Q8_0AndQ4_0LinearsStayQuantizedAndMatchTheirF32Dequantization) {
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q4_0}) {
+    SCOPED_TRACE(ggml_type_name(type));
+    const std::string qpath = write_llama_gguf(type), fpath = write_llama_gguf(type, kLlama, true);
+    auto quant = load_model(qpath), dense = load_model(fpath);
+    std::filesystem::remove(qpath);
+    std::filesystem::remove(fpath);
+    const auto& qw = dynamic_cast<DecoderModel&>(*quant).weights();
+    const auto& fw = dynamic_cast<DecoderModel&>(*dense).weights();
+    auto scheme_of = [](GgmlType t) { return t == GgmlType::Q8_0 ? QuantScheme::Int8 : QuantScheme::Int4; };
+    auto check = [&](const std::string& module, const std::string& gg) {
+      SCOPED_TRACE(module);
+      const QuantWeight& a = qw.linear(module);
+      const QuantWeight& b = fw.linear(module);
+      EXPECT_EQ(a.scheme, scheme_of(linear_type(type, gg)));
+      EXPECT_EQ(a.group, 32);
+      ASSERT_EQ(b.scheme, QuantScheme::Dense);
+      const Tensor x = dequantize(a), y = dequantize(b);
+      ASSERT_EQ(x.shape(), y.shape());
+      ASSERT_EQ(std::memcmp(x.data(), y.data(), x.nbytes()), 0);
+    };
+    check("lm_head", "output.weight");
+    const std::pair<const char*, const char*> modules[] = {
+        {"self_attn.q_proj", "attn_q.weight"}, {"self_attn.k_proj", "attn_k.weight"},
+        {"self_attn.v_proj", "attn_v.weight"}, {"self_attn.o_proj", "attn_output.weight"},
+        {"mlp.gate_proj", "ffn_gate.weight"},  {"mlp.up_proj", "ffn_up.weight"},
+        {"mlp.down_proj", "ffn_down.weight"},
+    };
+    for (int64_t l = 0; l < quant->config().num_layers; ++l)
+      for (auto [module, gg] : modules) check("model.layers." + std::to_string(l) + "." + module, gg);
+    std::vector<int32_t> ids = {1, 17, 42, 99, 5, 200, 31, 64};
+    auto a = last_logits(*dense, ids), b = last_logits(*quant, ids);
+    ASSERT_EQ(a.size(), b.size());
+    double max_err = 0, max_ref = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      max_err = std::max(max_err, double(std::fabs(a[i] - b[i])));
+      max_ref = std::max(max_ref, double(std::fabs(a[i])));
+    }
+    EXPECT_LT(max_err / max_ref, 1e-5) << max_err << " of " << max_ref;
+  }
 }
 
 TEST(ModelLoading, ShapeThatDisagreesWithConfigNamesFileAndTensor) {
