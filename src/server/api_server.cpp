@@ -87,13 +87,7 @@ struct Server::Impl {
     co_await res.send(e.status(), kJson, error_json(e).dump(-1, ' ', false, Json::error_handler_t::replace), headers);
   }
 
-  static Json parse_body(const HttpRequest& req) {
-    try {
-      return Json::parse(req.body);
-    } catch (const Json::parse_error& e) {
-      throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()));
-    }
-  }
+  static Json parse_body(const HttpRequest& req, Endpoint endpoint) { return parse_request_body(req.body, endpoint); }
 
   void check_auth(const HttpRequest& req) const {
     if (options.api_key.empty()) return;
@@ -138,7 +132,7 @@ struct Server::Impl {
     auto method = [&](const char* m) {
       if (req.method != m) throw ApiError(405, fmt::format("{} {} is not allowed; use {}", req.method, p, m));
     };
-    if (p.rfind("/v1/", 0) == 0) check_auth(req);
+    if (p != "/health" && p != "/metrics") check_auth(req);  // (before 404: routes are not probed without the key)
     if (p == "/v1/completions" || p == "/v1/chat/completions") {
       method("POST");
       const bool chat = p == "/v1/chat/completions";
@@ -171,10 +165,10 @@ struct Server::Impl {
       body = model_card().dump();
     } else if (p == "/tokenize") {
       method("POST");
-      body = tokenize(parse_body(req)).dump();
+      body = tokenize(parse_body(req, Endpoint::Tokenize)).dump();
     } else if (p == "/detokenize") {
       method("POST");
-      body = detokenize(parse_body(req)).dump(-1, ' ', false, Json::error_handler_t::replace);
+      body = detokenize(parse_body(req, Endpoint::Detokenize)).dump(-1, ' ', false, Json::error_handler_t::replace);
     } else {
       throw ApiError(404, fmt::format("no route for {} {}", req.method, p), "", "not_found");
     }
@@ -228,8 +222,9 @@ struct Server::Impl {
     std::vector<int32_t> ids;
     const int32_t vocab = model.tokenizer->vocab_size();
     for (const Json& t : *it) {
-      if (!t.is_number_integer()) throw ApiError(400, "'tokens' must hold integers", "tokens");
-      const int64_t v = t.get<int64_t>();
+      const std::optional<int64_t> id = exact_int(t);
+      if (!id) throw ApiError(400, "'tokens' must hold integers", "tokens");
+      const int64_t v = *id;
       if (v < 0 || v >= vocab)
         throw ApiError(400, fmt::format("token id {} is outside the vocabulary [0, {})", v, vocab), "tokens");
       ids.push_back(int32_t(v));
@@ -239,7 +234,7 @@ struct Server::Impl {
 
   net::awaitable<int> generate(const HttpRequest& req, HttpResponder& res, bool chat) {
     if (draining) throw ApiError(503, "the server is shutting down");
-    const Json body = parse_body(req);
+    const Json body = parse_body(req, chat ? Endpoint::Chat : Endpoint::Completions);
     ParsedRequest pr = chat ? parse_chat_request(body, model) : parse_completion_request(body, model);
     ResponseBuilder rb(model, pr, (chat ? "chatcmpl-" : "cmpl-") + random_hex(32), unix_now());
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "core/error.h"
@@ -32,6 +33,163 @@ Json error_json(const ApiError& e) {
 
 float finite_logprob(float lp) { return std::isfinite(lp) ? lp : -9999.0f; }
 
+// ---- request bodies ------------------------------------------------------------
+
+std::optional<int64_t> exact_int(const Json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > uint64_t(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return int64_t(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::isfinite(d) && std::floor(d) == d && d >= -0x1p63 && d < 0x1p63) return int64_t(d);
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// The top-level fields whose values (or, for arrays, elements at any depth)
+// must be integers.
+const std::vector<std::string_view>& integer_fields(Endpoint e) {
+  static const std::vector<std::string_view> completions = {
+      "max_tokens", "n",        "best_of",         "top_k",          "seed",  "logprobs",
+      "min_tokens", "priority", "prompt_logprobs", "stop_token_ids", "prompt"};
+  static const std::vector<std::string_view> chat = {
+      "max_tokens", "max_completion_tokens", "n",        "best_of",         "top_k",         "seed",
+      "min_tokens", "top_logprobs",          "priority", "prompt_logprobs", "stop_token_ids"};
+  static const std::vector<std::string_view> tokenize = {};
+  static const std::vector<std::string_view> detokenize = {"tokens"};
+  switch (e) {
+    case Endpoint::Completions: return completions;
+    case Endpoint::Chat: return chat;
+    case Endpoint::Tokenize: return tokenize;
+    case Endpoint::Detokenize: return detokenize;
+  }
+  return tokenize;
+}
+
+// nlohmann's DOM builder, plus the path of the value being read so that a
+// number can be checked while its text is known.
+class BodyParser {
+ public:
+  using number_integer_t = Json::number_integer_t;
+  using number_unsigned_t = Json::number_unsigned_t;
+  using number_float_t = Json::number_float_t;
+  using string_t = Json::string_t;
+  using binary_t = Json::binary_t;
+
+  BodyParser(Json& root, const std::vector<std::string_view>& ints) : dom_(root, true), ints_(ints) {}
+
+  bool null() { return value(dom_.null()); }
+  bool boolean(bool v) { return value(dom_.boolean(v)); }
+  bool number_integer(number_integer_t v) { return value(dom_.number_integer(v)); }
+  bool number_unsigned(number_unsigned_t v) {
+    // (JSON allows no leading zeros or '+': the text is the number's digits.)
+    if (v > number_unsigned_t(std::numeric_limits<int64_t>::max()) && in_integer_field())
+      out_of_range(std::to_string(v));
+    return value(dom_.number_unsigned(v));
+  }
+  bool number_float(number_float_t v, const string_t& text) {
+    if (in_integer_field()) {
+      if (std::floor(v) != v) not_integral(text);
+      if (!(v >= -0x1p63 && v < 0x1p63)) out_of_range(text);
+    }
+    return value(dom_.number_float(v, text));
+  }
+  bool string(string_t& v) { return value(dom_.string(v)); }
+  bool binary(binary_t& v) { return value(dom_.binary(v)); }
+  bool start_object(std::size_t n) {
+    frames_.push_back({false, 0, {}});
+    return dom_.start_object(n);
+  }
+  bool key(string_t& k) {
+    frames_.back().key = k;
+    return dom_.key(k);
+  }
+  bool end_object() {
+    frames_.pop_back();
+    return value(dom_.end_object());
+  }
+  bool start_array(std::size_t n) {
+    frames_.push_back({true, 0, {}});
+    return dom_.start_array(n);
+  }
+  bool end_array() {
+    frames_.pop_back();
+    return value(dom_.end_array());
+  }
+  template <class Exception>
+  bool parse_error(std::size_t, const std::string& token, const Exception& ex) {
+    // 406: a number too large for a double (1e400).
+    if (ex.id == 406) {
+      if (in_integer_field()) out_of_range(token);
+      const std::string p = path();
+      throw ApiError(400,
+                     p.empty() ? fmt::format("the request body is {}, which is out of range for a number", token)
+                               : fmt::format("'{}' is {}, which is out of range for a number", p, token),
+                     p);
+    }
+    throw ApiError(400, fmt::format("the request body is not valid JSON: {}", ex.what()));
+  }
+
+ private:
+  struct Frame {
+    bool array;
+    size_t index;     // arrays: the element being read
+    std::string key;  // objects: the key being read
+  };
+
+  // A value ended: the enclosing array moves on to its next element.
+  bool value(bool ok) {
+    if (!frames_.empty() && frames_.back().array) ++frames_.back().index;
+    return ok;
+  }
+  std::string top_key() const { return frames_.empty() || frames_[0].array ? "" : frames_[0].key; }
+  bool in_integer_field() const {
+    const std::string k = top_key();
+    if (k.empty()) return false;
+    for (std::string_view f : ints_)
+      if (f == k) return true;
+    return false;
+  }
+  // e.g. prompt[1][3], chat_template_kwargs.depth
+  std::string path() const {
+    std::string p;
+    for (const Frame& f : frames_) {
+      if (f.array)
+        p += fmt::format("[{}]", f.index);
+      else
+        p += (p.empty() ? "" : ".") + f.key;
+    }
+    return p;
+  }
+  [[noreturn]] void not_integral(const std::string& text) const {
+    throw ApiError(400, fmt::format("'{}' is {}; expected an integer", path(), text), top_key());
+  }
+  [[noreturn]] void out_of_range(const std::string& text) const {
+    throw ApiError(400,
+                   fmt::format("'{}' is {}; expected an integer from {} to {}", path(), text,
+                               std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()),
+                   top_key());
+  }
+
+  nlohmann::detail::json_sax_dom_parser<Json> dom_;
+  const std::vector<std::string_view>& ints_;
+  std::vector<Frame> frames_;
+};
+
+}  // namespace
+
+Json parse_request_body(std::string_view text, Endpoint endpoint) {
+  Json root;
+  BodyParser parser(root, integer_fields(endpoint));
+  Json::sax_parse(text, &parser);
+  return root;
+}
+
 // ---- typed field access -------------------------------------------------------
 
 namespace {
@@ -54,11 +212,7 @@ std::optional<double> get_number(const Json& b, const char* key) {
 std::optional<int64_t> get_int(const Json& b, const char* key) {
   const Json* v = field(b, key);
   if (!v) return std::nullopt;
-  if (v->is_number_integer()) return v->get<int64_t>();
-  if (v->is_number_float()) {
-    double d = v->get<double>();
-    if (std::floor(d) == d && std::fabs(d) < 9e15) return int64_t(d);
-  }
+  if (auto i = exact_int(*v)) return i;
   bad(key, fmt::format("'{}' must be an integer, got {}", key, v->is_number() ? v->dump() : v->type_name()));
 }
 
@@ -140,8 +294,9 @@ void parse_sampling(const Json& b, const ModelInfo& m, ParsedRequest& r) {
   if (const Json* v = field(b, "stop_token_ids")) {
     if (!v->is_array()) bad("stop_token_ids", "'stop_token_ids' must be an array of token ids");
     for (const Json& t : *v) {
-      if (!t.is_number_integer()) bad("stop_token_ids", "'stop_token_ids' must be an array of token ids");
-      p.stop_token_ids.push_back(int32_t(t.get<int64_t>()));
+      auto id = exact_int(t);
+      if (!id) bad("stop_token_ids", "'stop_token_ids' must be an array of token ids");
+      p.stop_token_ids.push_back(checked_i32(*id, "stop_token_ids", 0, std::numeric_limits<int32_t>::max()));
     }
   }
   if (auto v = get_string(b, "user"); v && v->size() > 4096) bad("user", "'user' is longer than 4096 characters");
@@ -196,8 +351,9 @@ std::vector<int32_t> token_array(const Json& a, const char* key, int32_t vocab) 
   std::vector<int32_t> ids;
   ids.reserve(a.size());
   for (const Json& t : a) {
-    if (!t.is_number_integer()) bad(key, fmt::format("'{}' token arrays must hold integers", key));
-    int64_t v = t.get<int64_t>();
+    auto id = exact_int(t);
+    if (!id) bad(key, fmt::format("'{}' token arrays must hold integers", key));
+    const int64_t v = *id;
     if (v < 0 || v >= vocab) bad(key, fmt::format("token id {} is outside the vocabulary [0, {})", v, vocab));
     ids.push_back(int32_t(v));
   }
@@ -209,7 +365,7 @@ std::string message_content(const Json& msg, size_t i) {
   auto it = msg.find("content");
   if (it == msg.end() || it->is_null()) {
     if (msg.contains("tool_calls")) bad(param, "tool calls are not supported by this server");
-    return "";
+    bad(param, fmt::format("'{}' is required (a string or an array of text parts)", param));
   }
   if (it->is_string()) return it->get<std::string>();
   if (!it->is_array()) bad(param, "'content' must be a string or an array of content parts");
@@ -337,7 +493,12 @@ std::string render_chat_prompt(const Json& b, const ModelInfo& m, std::string* l
   try {
     text = tmpl->render(messages, add_generation_prompt, nlohmann::ordered_json(extra));
   } catch (const Error& e) {
-    bad("messages", fmt::format("the chat template failed: {}", e.what()));
+    // The source is the template's file (a server path): it goes to the log,
+    // not to the client.
+    std::fprintf(stderr, "kite serve: the chat template failed: %s\n", e.what());
+    std::string msg = e.what();
+    if (!e.source().empty() && msg.rfind(e.source() + ": ", 0) == 0) msg = msg.substr(e.source().size() + 2);
+    bad("messages", fmt::format("the chat template failed: {}", msg));
   }
   if (continue_final) {
     // Cut what the template appended after the final message's text, so the

@@ -9,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "backend/ops/sampling_params.h"
@@ -62,6 +63,19 @@ struct ParsedRequest {
   int32_t logprobs = -1;  // completions: `logprobs`; chat: `top_logprobs` when `logprobs` is true; -1 = none
   std::string chat_echo;  // chat with echo: the last message's content, prepended to the reply
 };
+
+// The routes whose bodies parse_request_body reads.
+enum class Endpoint { Completions, Chat, Tokenize, Detokenize };
+
+// Parses a request body (400 if it is not JSON). The text of each number is
+// still at hand here, so a number that a double cannot hold, and one where
+// the endpoint wants an integer (max_tokens, n, seed, token ids ...) that is
+// not integral or not within int64_t, are a 400 naming the parameter and
+// quoting the number as the client wrote it.
+Json parse_request_body(std::string_view text, Endpoint endpoint);
+// The value of a JSON number that is an integer (or a float with an integral
+// value) within int64_t; nullopt for anything else.
+std::optional<int64_t> exact_int(const Json& v);
 
 // Parse and validate a request body (already JSON). Throws ApiError (400 for
 // invalid values, 404 for an unknown model). Tokenizes the prompts and

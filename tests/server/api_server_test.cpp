@@ -45,7 +45,8 @@ Shared& shared() {
 // One engine + server per test, on an ephemeral port.
 class Instance {
  public:
-  explicit Instance(ServerOptions so = {}, EngineConfig ec = {}, int64_t max_waiting = 0) {
+  explicit Instance(ServerOptions so = {}, EngineConfig ec = {}, int64_t max_waiting = 0,
+                    const ChatTemplate* chat_template = nullptr) {
     Shared& s = shared();
     if (ec.num_blocks == 0) ec.num_blocks = 512;
     ec.max_model_len = ec.max_model_len ? ec.max_model_len : 1024;
@@ -57,7 +58,7 @@ class Instance {
     info.root = kModelDir;
     info.max_model_len = engine_->engine().max_model_len();
     info.tokenizer = s.tok.get();
-    info.chat_template = s.tmpl ? &*s.tmpl : nullptr;
+    info.chat_template = chat_template ? chat_template : s.tmpl ? &*s.tmpl : nullptr;
     so.http.host = "127.0.0.1";
     so.http.port = 0;
     server_ = std::make_unique<Server>(*engine_, info, so);
@@ -352,6 +353,129 @@ TEST(ApiServer, ApiKeyIsRequiredOnV1Routes) {
   EXPECT_FALSE(constant_time_equal("abd", "abc"));
   EXPECT_FALSE(constant_time_equal("abcd", "abc"));
   EXPECT_FALSE(constant_time_equal("", "abc"));
+}
+
+TEST(ApiServer, ApiKeyIsRequiredOnEveryRouteButHealthAndMetrics) {
+  ServerOptions so;
+  so.api_key = "sk-kite-secret";
+  Instance inst(so);
+  Client c(inst.port());
+  const std::vector<std::pair<std::string, std::string>> key = {{"Authorization", "Bearer sk-kite-secret"}};
+  const std::vector<std::pair<std::string, std::string>> wrong = {{"Authorization", "Bearer sk-kite-wrong"}};
+  struct Route {
+    std::string method, path;
+    json body;
+  };
+  const std::vector<Route> routes = {
+      {"POST", "/tokenize", {{"prompt", "The kernel scheduler"}}},
+      {"POST", "/tokenize", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}}},
+      {"POST", "/detokenize", {{"tokens", {1, 2, 3}}}},
+      {"GET", "/version", nullptr},
+      {"GET", "/v1/models", nullptr},
+      {"GET", "/v1/models/kite-ref", nullptr},
+      {"POST", "/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}},
+      {"POST", "/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 1}}},
+  };
+  for (const Route& r : routes) {
+    SCOPED_TRACE(r.method + " " + r.path);
+    const std::string body = r.body.is_null() ? "" : r.body.dump();
+    auto none = c.request(r.method, r.path, body);
+    expect_error(none, 401);
+    EXPECT_EQ(none.header("WWW-Authenticate"), "Bearer");
+    EXPECT_EQ(json::parse(none.body)["error"]["type"], "authentication_error");
+    expect_error(c.request(r.method, r.path, body, wrong), 401);
+    EXPECT_EQ(c.request(r.method, r.path, body, key).status, 200);
+  }
+  // Unknown routes do not tell a caller without the key what exists.
+  expect_error(c.request("GET", "/nope"), 401);
+  expect_error(c.request("GET", "/nope", "", key), 404);
+  EXPECT_EQ(c.request("GET", "/health").status, 200);
+  EXPECT_EQ(c.request("GET", "/metrics").status, 200);
+}
+
+TEST(ApiServer, IntegerParametersOutOfRangeOrNotIntegralAreQuotedAsSent) {
+  Instance inst;
+  Client c(inst.port());
+  // The body is sent as raw text so that the numbers reach the server as written.
+  auto check = [&](const std::string& path, const std::string& body, const std::string& param,
+                   const std::string& quoted) {
+    SCOPED_TRACE(path + " " + body);
+    auto r = c.request("POST", path, body);
+    expect_error(r, 400, param);
+    json j = json::parse(r.body, nullptr, false);
+    if (j.is_object() && j.contains("error") && j["error"]["message"].is_string()) {
+      const std::string msg = j["error"]["message"];
+      EXPECT_NE(msg.find(quoted), std::string::npos) << msg;
+    }
+  };
+  const std::string cmpl = "/v1/completions", chat = "/v1/chat/completions";
+  const std::string msgs = R"("messages": [{"role": "user", "content": "Hi"}])";
+  for (const std::string v : {"1e400", "-1e400", "9223372036854775808", "-1e30", "1e30", "3.5", "99999999999999999999",
+                              "18446744073709551616"}) {
+    for (const char* p :
+         {"max_tokens", "n", "best_of", "top_k", "seed", "logprobs", "min_tokens", "prompt_logprobs", "priority"})
+      check(cmpl, fmt::format(R"({{"prompt": "x", "{}": {}}})", p, v), p, v);
+    for (const char* p : {"max_tokens", "max_completion_tokens", "n", "top_k", "seed", "top_logprobs", "min_tokens"})
+      check(chat, fmt::format(R"({{{}, "logprobs": true, "{}": {}}})", msgs, p, v), p, v);
+    check(cmpl, fmt::format(R"({{"prompt": [1, 2, {}]}})", v), "prompt", v);
+    check(cmpl, fmt::format(R"({{"prompt": [[1, 2], [3, {}]]}})", v), "prompt", v);
+    check(cmpl, fmt::format(R"({{"prompt": "x", "stop_token_ids": [{}]}})", v), "stop_token_ids", v);
+    check("/detokenize", fmt::format(R"({{"tokens": [1, {}]}})", v), "tokens", v);
+  }
+  // A float parameter out of a double's range is a 400 too, not a 500.
+  check(cmpl, R"({"prompt": "x", "temperature": 1e400})", "temperature", "1e400");
+  // Integral numbers written as floats still work.
+  EXPECT_EQ(c.request("POST", cmpl, R"({"prompt": "x", "max_tokens": 2.0, "n": 1e0})").status, 200);
+  // Token ids outside the vocabulary name their parameter, and stop_token_ids are not truncated.
+  check(cmpl, R"({"prompt": [1, 2, 4294967297]})", "prompt", "4294967297");
+  check(cmpl, R"({"prompt": "x", "stop_token_ids": [4294967297]})", "stop_token_ids", "4294967297");
+}
+
+TEST(ApiServer, UserAndSystemMessagesNeedContent) {
+  Instance inst;
+  Client c(inst.port());
+  const std::string chat = "/v1/chat/completions";
+  for (const char* role : {"user", "system", "developer", "assistant"}) {
+    SCOPED_TRACE(role);
+    json missing = {{"messages", {{{"role", "user"}, {"content", "Hi"}}, {{"role", role}}}}, {"max_tokens", 1}};
+    expect_error(c.post(chat, missing), 400, "messages[1].content");
+    json null_content = {{"messages", {{{"role", role}, {"content", nullptr}}, {{"role", "user"}, {"content", "Hi"}}}},
+                         {"max_tokens", 1}};
+    expect_error(c.post(chat, null_content), 400, "messages[0].content");
+    expect_error(c.post("/tokenize", null_content), 400, "messages[0].content");
+  }
+  // An assistant message with tool calls is refused as before.
+  json tool = {{"messages",
+                {{{"role", "user"}, {"content", "Hi"}},
+                 {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", json::array({{{"id", "c1"}}})}}}}};
+  expect_error(c.post(chat, tool), 400, "messages[1].content");
+  // An empty string is content.
+  EXPECT_EQ(c.post(chat, {{"messages", {{{"role", "user"}, {"content", ""}}}}, {"max_tokens", 1}}).status, 200);
+}
+
+TEST(ApiServer, ChatTemplateErrorsDoNotShowFilesystemPaths) {
+  // A template loaded from the model's directory that fails while rendering.
+  const std::string source = kModelDir + "/tokenizer_config.json";
+  ChatTemplate failing("{{ raise_exception('no system messages here') }}", "<s>", "</s>", source);
+  ChatTemplate broken("{% for m in messages %}{{ m.content }}{{ 1 / (messages | length - 1) }}{% endfor %}", "<s>",
+                      "</s>", source);
+  for (const ChatTemplate* t : {&failing, &broken}) {
+    Instance inst({}, {}, 0, t);
+    Client c(inst.port());
+    json body = {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 1}};
+    for (const char* path : {"/v1/chat/completions", "/tokenize"}) {
+      SCOPED_TRACE(path);
+      auto r = c.post(path, body);
+      expect_error(r, 400, "messages");
+      EXPECT_EQ(r.body.find(kModelDir), std::string::npos) << r.body;
+      EXPECT_EQ(r.body.find("tokenizer_config.json"), std::string::npos) << r.body;
+      EXPECT_EQ(r.body.find(std::string(KITE_SHARED_DIR)), std::string::npos) << r.body;
+    }
+    // What the template raised still reaches the client.
+    if (t == &failing) {
+      EXPECT_NE(c.post("/v1/chat/completions", body).body.find("no system messages here"), std::string::npos);
+    }
+  }
 }
 
 TEST(ApiServer, BodyOverTheLimitGets413InOpenAIShape) {
