@@ -159,6 +159,18 @@ test('invalid parameters are 400 errors naming the parameter', async () => {
     client.chat.completions.create({ model: 'no-such-model', messages: MESSAGES }),
     (e) => e instanceof OpenAI.NotFoundError && e.status === 404,
   );
+  await assert.rejects(
+    client.completions.create({ model: 'kite-ref', prompt: PROMPT, max_tokens: 3.5 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'max_tokens' && /3\.5/.test(e.message),
+  );
+  await assert.rejects(
+    client.completions.create({ model: 'kite-ref', prompt: PROMPT, seed: 2 ** 64 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'seed',
+  );
+  await assert.rejects(
+    client.chat.completions.create({ model: 'kite-ref', messages: [{ role: 'user', content: null }] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'messages[0].content',
+  );
 });
 
 test('a client that disconnects mid-stream frees its KV blocks', async () => {
@@ -217,6 +229,18 @@ test('an API key is enforced when set', async () => {
     const right = new OpenAI({ apiKey: 'sk-test-123', baseURL: keyed.baseURL, maxRetries: 0 });
     const r = await right.completions.create({ model: 'kite-ref', prompt: PROMPT, max_tokens: 2 });
     assert.equal(r.choices.length, 1);
+    // Every route but /health and /metrics needs the key.
+    const root = keyed.baseURL.replace(/\/v1\/?$/, '');
+    const tokenize = (headers) => fetch(`${root}/tokenize`, {
+      method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ prompt: PROMPT }),
+    });
+    const anon = await tokenize({});
+    assert.equal(anon.status, 401);
+    assert.equal((await anon.json()).error.type, 'authentication_error');
+    assert.equal((await tokenize({ authorization: 'Bearer sk-test-123' })).status, 200);
+    assert.equal((await fetch(`${root}/version`)).status, 401);
+    assert.equal((await fetch(`${root}/health`)).status, 200);
+    assert.equal((await fetch(`${root}/metrics`)).status, 200);
   } finally {
     const { code } = await keyed.stop();
     assert.equal(code, 0);
