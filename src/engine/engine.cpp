@@ -76,8 +76,9 @@ struct Engine::StepRows {
   int64_t prompt_row = 0;    // first prompt-logprob row
   int64_t prompt_count = 0;  // rows scoring prompt positions prompt_pos .. prompt_pos + count - 1
   int64_t prompt_pos = 0;
-  int64_t sample_row = -1;  // the row to sample from, or -1; a request forking its n samples
-                            // this step has n rows from here (sample i at sample_row + i)
+  int64_t sample_row = -1;   // the row to sample from, or -1; a request forking its n samples
+                             // this step has n rows from here (sample i at sample_row + i)
+  bool scores_only = false;  // the chunk ends the prompt of a max_tokens 0 request: it finishes here
 };
 
 namespace {
@@ -261,7 +262,9 @@ BatchInput Engine::build_batch(const SchedulerOutput& out, std::vector<StepRows>
         for (int64_t p = lo; p < hi; ++p) b.logit_rows.push_back(int32_t(row0 + p - start));
       }
     }
-    if (out.chunks[k].samples()) {
+    if (out.chunks[k].samples() && r.params.max_tokens == 0) {
+      sr.scores_only = true;  // no row to sample: the request finishes after its prompt
+    } else if (out.chunks[k].samples()) {
       sr.sample_row = int64_t(b.logit_rows.size());
       for (int32_t i = 0, copies = forks(seq) ? r.params.n : 1; i < copies; ++i)
         b.logit_rows.push_back(int32_t(row0 + n - 1));
@@ -366,6 +369,13 @@ void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows,
     const int64_t pos = rows.prompt_pos + i;
     KITE_CHECK(pos == int64_t(r.prompt_logprobs.size()), "prompt logprob position {} out of order", pos);
     r.prompt_logprobs.push_back(to_logprobs(picked[size_t(rows.prompt_row + i)]));
+  }
+  if (rows.scores_only) {
+    // Only the prompt's logprobs were wanted: every sample ends now, with no
+    // token and no text (the prompt's held-back detokenizer bytes are not output).
+    for (SampleState& s : r.samples) s.finish = FinishReason::Length;
+    scheduler_.remove(&seq);
+    return;
   }
   if (rows.sample_row < 0) return;
   if (forks(seq)) {

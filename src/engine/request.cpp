@@ -16,7 +16,8 @@ const char* finish_reason_name(FinishReason r) {
 
 void GenerationParams::validate(const std::string& source) const {
   sampling.validate(source);
-  if (max_tokens < 1) fail(source, "max_tokens", "{} is invalid; expected at least 1", max_tokens);
+  if (max_tokens < 0 || (max_tokens == 0 && prompt_logprobs < 0))
+    fail(source, "max_tokens", "{} is invalid; expected at least 1 (0 only with prompt_logprobs)", max_tokens);
   if (min_tokens < 0 || min_tokens > max_tokens)
     fail(source, "min_tokens", "{} is invalid; expected a value in [0, max_tokens = {}]", min_tokens, max_tokens);
   if (n < 1 || n > 128) fail(source, "n", "{} is invalid; expected 1 to 128 samples", n);

@@ -13,7 +13,8 @@ namespace kite {
 
 struct GenerationParams {
   SamplingParams sampling;                  // temperature, top-k/p, min-p, penalties, seed
-  int64_t max_tokens = 16;                  // most tokens generated per sample
+  int64_t max_tokens = 16;                  // most tokens generated per sample; 0 (with prompt_logprobs):
+                                            // score the prompt, generate nothing
   int64_t min_tokens = 0;                   // EOS and stop ids are masked until this many were generated
   std::vector<int32_t> stop_token_ids;      // end a sample (the id is kept in token_ids, not in text)
   std::vector<std::string> stop;            // end a sample when the text contains one of these

@@ -190,6 +190,12 @@ Json parse_request_body(std::string_view text, Endpoint endpoint) {
   return root;
 }
 
+int64_t utf8_length(std::string_view s) {
+  int64_t n = 0;
+  for (unsigned char ch : s) n += (ch & 0xC0) != 0x80;
+  return n;
+}
+
 // ---- typed field access -------------------------------------------------------
 
 namespace {
@@ -324,10 +330,16 @@ void resolve_max_tokens(const Json& b, const ModelInfo& m, ParsedRequest& r, con
     mt = get_int(b, "max_tokens");
     used = "max_tokens";
   }
-  if (mt && *mt < 1) bad(used, fmt::format("'{}' is {}; expected at least 1", used, *mt));
+  // 0 with echo (completions) scores the prompt and generates nothing, as
+  // lm-evaluation-harness asks for loglikelihoods.
+  const bool score_only = mt && *mt == 0 && r.echo && !r.chat;
+  if (mt && *mt < 1 && !score_only)
+    bad(used,
+        fmt::format("'{}' is {}; expected at least 1{}", used, *mt, r.chat ? "" : " (0 only with \"echo\": true)"));
+  if (score_only) r.params.prompt_logprobs = std::max(r.params.prompt_logprobs, 0);  // what the engine finishes on
   int64_t longest = 0;
   for (const auto& p : r.prompts) longest = std::max<int64_t>(longest, int64_t(p.size()));
-  if (longest >= m.max_model_len)
+  if (longest > m.max_model_len || (longest == m.max_model_len && !score_only))
     bad(r.chat ? "messages" : "prompt",
         fmt::format("This model's maximum context length is {} tokens. However, your prompt has {} tokens, leaving "
                     "no room to generate; shorten the prompt.",
@@ -402,10 +414,12 @@ ParsedRequest parse_completion_request(const Json& b, const ModelInfo& m) {
   auto add_text = [&](const std::string& text) {
     r.prompts.push_back(m.tokenizer->encode(text, true));
     r.prompt_texts.push_back(text);
+    r.prompt_from_ids.push_back(false);
   };
   auto add_ids = [&](const Json& a) {
     r.prompts.push_back(token_array(a, "prompt", vocab));
     r.prompt_texts.push_back(m.tokenizer->decode(r.prompts.back(), false));
+    r.prompt_from_ids.push_back(true);
   };
   if (prompt->is_string()) {
     add_text(prompt->get<std::string>());
@@ -599,16 +613,14 @@ Json ResponseBuilder::finish_json(const Choice& c) const {
   return finish_reason_name(c.finish);
 }
 
-Json ResponseBuilder::completion_logprobs(Choice& c, const std::vector<TokenLogprobs>& lps,
-                                          const std::vector<TokenLogprobs>* prompt,
-                                          const std::vector<int32_t>* prompt_ids) const {
+Json ResponseBuilder::completion_logprobs(Choice& c, size_t prompt_index, const std::vector<TokenLogprobs>& lps,
+                                          bool with_prompt) const {
   Json tokens = Json::array(), token_lps = Json::array(), tops = Json::array(), offsets = Json::array();
-  auto push = [&](int32_t id, const TokenLogprobs* lp) {
-    std::string s = token_text(id);
+  auto push = [&](int32_t id, std::string piece, const TokenLogprobs* lp) {
     offsets.push_back(c.text_offset);
-    c.text_offset += int64_t(s.size());
+    c.text_offset += utf8_length(piece);
     if (!lp) {
-      tokens.push_back(s);
+      tokens.push_back(std::move(piece));
       token_lps.push_back(nullptr);
       tops.push_back(nullptr);
       return;
@@ -618,18 +630,33 @@ Json ResponseBuilder::completion_logprobs(Choice& c, const std::vector<TokenLogp
       std::string ts = token_text(tid);
       if (!top.contains(ts)) top[ts] = finite_logprob(v);
     }
-    if (!top.contains(s)) top[s] = finite_logprob(lp->logprob);
-    tokens.push_back(std::move(s));
+    if (std::string ts = token_text(id); !top.contains(ts)) top[ts] = finite_logprob(lp->logprob);
+    tokens.push_back(std::move(piece));
     token_lps.push_back(finite_logprob(lp->logprob));
     tops.push_back(std::move(top));
   };
-  if (prompt_ids) {
-    for (size_t i = 0; i < prompt_ids->size(); ++i) {
-      const TokenLogprobs* lp = (prompt && i >= 1 && i - 1 < prompt->size()) ? &(*prompt)[i - 1] : nullptr;
-      push((*prompt_ids)[i], lp);
-    }
+  const std::vector<int32_t>& ids = req_.prompts[prompt_index];
+  if (with_prompt) {
+    // The echoed text is the client's string (no special tokens) or, for
+    // token ids, their decoding with special tokens: split it the same way.
+    const std::vector<TokenLogprobs>& scored = prompt_logprobs_[prompt_index];
+    IncrementalDetokenizer d(*model_.tokenizer, !req_.prompt_from_ids[prompt_index]);
+    std::vector<std::string> pieces;
+    pieces.reserve(ids.size());
+    for (int32_t id : ids) pieces.push_back(d.push(id));
+    if (!pieces.empty()) pieces.back() += d.flush();
+    for (size_t i = 0; i < ids.size(); ++i)
+      push(ids[i], std::move(pieces[i]), i >= 1 && i - 1 < scored.size() ? &scored[i - 1] : nullptr);
   }
-  for (const TokenLogprobs& lp : lps) push(lp.token, &lp);
+  if (!c.detok) {
+    c.detok.emplace(*model_.tokenizer, req_.params.skip_special_tokens);
+    for (int32_t id : ids) c.detok->push(id);
+  }
+  for (size_t i = 0; i < lps.size(); ++i) {
+    std::string piece = c.detok->push(lps[i].token);
+    if (i + 1 == lps.size() && c.finish != FinishReason::None) piece += c.detok->flush();
+    push(lps[i].token, std::move(piece), &lps[i]);
+  }
   return Json{{"tokens", tokens}, {"token_logprobs", token_lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
@@ -693,8 +720,7 @@ std::vector<Json> ResponseBuilder::stream_chunks(size_t prompt_index, const Requ
       ch = {{"index", index}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_json(c)}};
       if (req_.logprobs >= 0) {
         const bool with_prompt = first && req_.echo;
-        ch["logprobs"] = completion_logprobs(c, s.logprobs, with_prompt ? &prompt_logprobs_[prompt_index] : nullptr,
-                                             with_prompt ? &req_.prompts[prompt_index] : nullptr);
+        ch["logprobs"] = completion_logprobs(c, prompt_index, s.logprobs, with_prompt);
       }
     }
     if (s.finish != FinishReason::None) ch["stop_reason"] = c.stop_reason;
@@ -761,9 +787,7 @@ Json ResponseBuilder::response() const {
             {"logprobs", nullptr},
             {"finish_reason", finish_json(c)},
             {"stop_reason", c.stop_reason}};
-      if (req_.logprobs >= 0)
-        ch["logprobs"] = completion_logprobs(c, c.logprobs, req_.echo ? &prompt_logprobs_[prompt_index] : nullptr,
-                                             req_.echo ? &req_.prompts[prompt_index] : nullptr);
+      if (req_.logprobs >= 0) ch["logprobs"] = completion_logprobs(c, prompt_index, c.logprobs, req_.echo);
     }
     choices.push_back(std::move(ch));
   }

@@ -56,6 +56,7 @@ struct ParsedRequest {
   bool chat = false;
   std::vector<std::vector<int32_t>> prompts;  // token ids, one engine request each
   std::vector<std::string> prompt_texts;      // the text of each prompt (completions' echo)
+  std::vector<bool> prompt_from_ids;          // completions: the prompt was given as token ids
   GenerationParams params;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
@@ -119,14 +120,19 @@ class ResponseBuilder {
     std::vector<TokenLogprobs> logprobs;  // generated tokens' logprobs
     FinishReason finish = FinishReason::None;
     Json stop_reason;         // null, a stop string or a stop token id
-    int64_t text_offset = 0;  // completions' logprobs.text_offset of the next token
-    bool started = false;     // a chunk was sent (echo goes in the first)
+    int64_t text_offset = 0;  // completions' logprobs.text_offset of the next token (code points)
+    // Completions' logprobs: splits the generated ids into the pieces of the
+    // text (primed with the prompt, as the engine's), made on first use.
+    std::optional<IncrementalDetokenizer> detok;
+    bool started = false;  // a chunk was sent (echo goes in the first)
     int64_t num_tokens = 0;
   };
   Choice& choice(size_t prompt_index, int32_t sample_index);
   Json finish_json(const Choice& c) const;
-  Json completion_logprobs(Choice& c, const std::vector<TokenLogprobs>& lps, const std::vector<TokenLogprobs>* prompt,
-                           const std::vector<int32_t>* prompt_ids) const;
+  // with_prompt: the echoed prompt's tokens first. Each token's text is its
+  // piece of the returned text, and text_offset indexes it in code points.
+  Json completion_logprobs(Choice& c, size_t prompt_index, const std::vector<TokenLogprobs>& lps,
+                           bool with_prompt) const;
   Json chat_logprobs(const std::vector<TokenLogprobs>& lps) const;
   std::string token_text(int32_t id) const;
 
@@ -144,5 +150,7 @@ class ResponseBuilder {
 // The chat reply's token strings in logprobs: the token decoded alone.
 // Logprobs of -inf are reported as -9999 (JSON has no infinities), as vLLM.
 float finite_logprob(float lp);
+// Unicode code points in UTF-8 text (what text_offset counts, as Python's len()).
+int64_t utf8_length(std::string_view s);
 
 }  // namespace kite::server

@@ -326,6 +326,51 @@ TEST(Engine, StopIdsEosMinTokensAndLength) {
   EXPECT_EQ(res2["stop_id"].text, res["eos"].text);
 }
 
+TEST(Engine, ZeroMaxTokensScoresThePromptAndGeneratesNothing) {
+  // lm-eval's loglikelihood requests: prompt logprobs only, finished after
+  // prefill (chunked here), with no token generated.
+  const std::vector<int32_t> prompt = tokenizer().encode("The kernel scheduler decides which task runs next", true);
+  Engine ref(model(), &tokenizer(), small_config(64));
+  GenerationParams p = greedy(1);
+  p.prompt_logprobs = 1;
+  ref.add_request("r", prompt, p);
+  Result want = run_all(ref)["r"];
+  ASSERT_EQ(want.prompt_logprobs.size(), prompt.size() - 1);
+
+  Engine e(model(), &tokenizer(), small_config(64, /*budget=*/4));
+  p.max_tokens = 0;
+  e.add_request("z", prompt, p);
+  e.add_request("one", {1}, p);  // a one-token prompt: nothing to score
+  GenerationParams two = p;
+  two.n = 2;
+  e.add_request("n2", prompt, two);
+  const int64_t generated_before = e.stats().generation_tokens;
+  auto res = run_all(e);
+  EXPECT_EQ(e.stats().generation_tokens, generated_before);
+  for (const std::string id : {"z", "n2", "n2#1", "one"}) {
+    SCOPED_TRACE(id);
+    EXPECT_TRUE(res[id].ids.empty());
+    EXPECT_EQ(res[id].text, "");
+    EXPECT_EQ(res[id].finish, FinishReason::Length);
+  }
+  for (const std::string id : {"z", "n2"}) {
+    ASSERT_EQ(res[id].prompt_logprobs.size(), want.prompt_logprobs.size());
+    for (size_t i = 0; i < want.prompt_logprobs.size(); ++i) {
+      EXPECT_EQ(res[id].prompt_logprobs[i].token, want.prompt_logprobs[i].token);
+      EXPECT_FLOAT_EQ(res[id].prompt_logprobs[i].logprob, want.prompt_logprobs[i].logprob);
+    }
+  }
+  EXPECT_TRUE(res["one"].prompt_logprobs.empty());
+
+  // Without prompt logprobs there is nothing to return: rejected.
+  try {
+    e.add_request("x", prompt, greedy(0));
+    ADD_FAILURE() << "accepted max_tokens 0 without prompt logprobs";
+  } catch (const Error& err) {
+    EXPECT_EQ(err.field(), "max_tokens");
+  }
+}
+
 TEST(Engine, RequestsThatCanNeverRunAreRejectedAtOnce) {
   Engine e(model(), &tokenizer(), small_config(4));  // 64 token slots
   const std::vector<int32_t> prompt = {1, 100, 200};

@@ -2,6 +2,7 @@
 // reference model (../shared/models/kite-ref, CPU).
 #include "server/api_server.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "engine/engine.h"
 #include "http_client.h"
 #include "model/model.h"
 
@@ -295,6 +297,141 @@ TEST(ApiServer, LogprobsInBothShapes) {
       "top_logprobs");
 }
 
+// text[offset_i : offset_i+1] (code points) is tokens[i] for every token.
+void expect_offsets_index_text(const json& choice) {
+  SCOPED_TRACE(choice.dump());
+  const std::string text = choice["text"];
+  std::vector<size_t> starts;  // byte position of each code point, then the end
+  for (size_t b = 0; b < text.size(); ++b)
+    if ((static_cast<unsigned char>(text[b]) & 0xC0) != 0x80) starts.push_back(b);
+  starts.push_back(text.size());
+  const json& lp = choice["logprobs"];
+  const size_t n = lp["tokens"].size();
+  ASSERT_EQ(lp["text_offset"].size(), n);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t from = lp["text_offset"][i],
+                 to = i + 1 < n ? lp["text_offset"][i + 1].get<size_t>() : starts.size() - 1;
+    ASSERT_LE(from, to);
+    ASSERT_LT(to, starts.size());
+    EXPECT_EQ(text.substr(starts[from], starts[to] - starts[from]), lp["tokens"][i].get<std::string>())
+        << "token " << i;
+  }
+}
+
+// The engine's prompt logprobs for one prompt, computed directly.
+std::vector<TokenLogprobs> engine_prompt_logprobs(const std::vector<int32_t>& ids, int32_t k) {
+  Shared& s = shared();
+  EngineConfig ec;
+  ec.num_blocks = 64;
+  ec.max_model_len = 1024;
+  ec.eos_ids = {2};
+  Engine e(*s.model, s.tok.get(), ec);
+  GenerationParams p;
+  p.sampling.temperature = 0;
+  p.max_tokens = 1;
+  p.prompt_logprobs = k;
+  e.add_request("r", ids, p);
+  std::vector<TokenLogprobs> out;
+  while (e.has_work())
+    for (RequestOutput& o : e.step()) out.insert(out.end(), o.prompt_logprobs.begin(), o.prompt_logprobs.end());
+  return out;
+}
+
+TEST(ApiServer, EchoWithZeroMaxTokensReturnsThePromptsLogprobs) {
+  // lm-evaluation-harness's loglikelihood request, for each prompt form.
+  Instance inst;
+  Client c(inst.port());
+  Shared& s = shared();
+  const std::vector<std::string> texts = {"The kernel scheduler", "Hello world, said the café"};
+  std::vector<std::vector<int32_t>> ids;
+  for (const std::string& t : texts) ids.push_back(s.tok->encode(t, true));
+  std::vector<std::vector<TokenLogprobs>> want;
+  for (const auto& p : ids) want.push_back(engine_prompt_logprobs(p, 1));
+  struct Form {
+    json prompt;
+    size_t count;
+    bool from_ids;
+  };
+  const std::vector<Form> forms = {{texts[0], 1, false}, {texts, 2, false}, {ids[0], 1, true}, {ids, 2, true}};
+  for (const Form& f : forms) {
+    SCOPED_TRACE(f.prompt.dump());
+    json body = {{"prompt", f.prompt}, {"echo", true}, {"logprobs", 1}, {"max_tokens", 0}, {"temperature", 0}};
+    auto r = c.post("/v1/completions", body);
+    ASSERT_EQ(r.status, 200) << r.body;
+    json j = r.json();
+    ASSERT_EQ(j["choices"].size(), f.count);
+    EXPECT_EQ(j["usage"]["completion_tokens"], 0);
+    for (size_t i = 0; i < f.count; ++i) {
+      const json& ch = j["choices"][i];
+      EXPECT_EQ(ch["finish_reason"], "length");
+      EXPECT_EQ(ch["text"], f.from_ids ? s.tok->decode(ids[i], false) : texts[i]);
+      const json& lp = ch["logprobs"];
+      ASSERT_EQ(lp["tokens"].size(), ids[i].size());
+      ASSERT_EQ(lp["token_logprobs"].size(), ids[i].size());
+      ASSERT_EQ(lp["top_logprobs"].size(), ids[i].size());
+      EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+      EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+      ASSERT_EQ(want[i].size(), ids[i].size() - 1);
+      for (size_t t = 1; t < ids[i].size(); ++t) {
+        EXPECT_FLOAT_EQ(lp["token_logprobs"][t].get<float>(), want[i][t - 1].logprob) << "token " << t;
+        EXPECT_GE(lp["top_logprobs"][t].size(), 1u);
+      }
+      expect_offsets_index_text(ch);
+    }
+    // Streamed: one chunk per prompt with the echo, its logprobs and the finish.
+    body["stream"] = true;
+    int status = 0;
+    auto events = c.stream_events("/v1/completions", body, &status);
+    EXPECT_EQ(status, 200);
+    ASSERT_EQ(events.size(), f.count + 1);
+    EXPECT_EQ(events.back(), "[DONE]");
+    for (size_t e = 0; e < f.count; ++e) {
+      json ch = json::parse(events[e])["choices"][0];
+      const size_t i = ch["index"];
+      EXPECT_EQ(ch["finish_reason"], "length");
+      EXPECT_EQ(ch["text"], j["choices"][i]["text"]);
+      EXPECT_EQ(ch["logprobs"], j["choices"][i]["logprobs"]);
+    }
+  }
+  // Without echo there is nothing to return: still refused.
+  expect_error(c.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 0}, {"logprobs", 1}}), 400, "max_tokens");
+  // Echo alone (no logprobs) returns the prompt.
+  auto plain = c.post("/v1/completions", {{"prompt", texts[0]}, {"echo", true}, {"max_tokens", 0}});
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(plain.json()["choices"][0]["text"], texts[0]);
+  EXPECT_EQ(plain.json()["usage"]["completion_tokens"], 0);
+}
+
+TEST(ApiServer, TextOffsetsIndexTheReturnedText) {
+  Instance inst;
+  Client c(inst.port());
+  for (bool echo : {false, true})
+    for (bool stream : {false, true}) {
+      SCOPED_TRACE(fmt::format("echo {} stream {}", echo, stream));
+      json body = {
+          {"prompt", "The café scheduler"}, {"max_tokens", 12}, {"temperature", 0}, {"logprobs", 2}, {"echo", echo}};
+      if (!stream) {
+        auto r = c.post("/v1/completions", body);
+        ASSERT_EQ(r.status, 200) << r.body;
+        expect_offsets_index_text(r.json()["choices"][0]);
+        continue;
+      }
+      body["stream"] = true;
+      // Streamed chunks joined: the same text and the same logprobs as one response.
+      json joined = {
+          {"text", ""},
+          {"logprobs", {{"tokens", json::array()}, {"text_offset", json::array()}, {"token_logprobs", json::array()}}}};
+      for (const std::string& e : c.stream_events("/v1/completions", body)) {
+        if (e == "[DONE]") continue;
+        json ch = json::parse(e)["choices"][0];
+        joined["text"] = joined["text"].get<std::string>() + ch["text"].get<std::string>();
+        for (const char* k : {"tokens", "text_offset", "token_logprobs"})
+          for (const json& v : ch["logprobs"][k]) joined["logprobs"][k].push_back(v);
+      }
+      expect_offsets_index_text(joined);
+    }
+}
+
 TEST(ApiServer, InvalidRequestsAreRejectedWithTheirParameter) {
   Instance inst;
   Client c(inst.port());
@@ -308,6 +445,9 @@ TEST(ApiServer, InvalidRequestsAreRejectedWithTheirParameter) {
   bad({{"prompt", "x"}, {"n", 0}}, "n");
   bad({{"prompt", "x"}, {"n", 1.5}}, "n");
   bad({{"prompt", "x"}, {"max_tokens", 0}}, "max_tokens");
+  bad({{"prompt", "x"}, {"max_tokens", 0}, {"echo", false}, {"logprobs", 1}}, "max_tokens");
+  bad({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 0}, {"echo", true}}, "max_tokens", 400,
+      "/v1/chat/completions");
   bad({{"prompt", "x"}, {"max_tokens", 5000}}, "max_tokens");  // over the 1024-token context
   bad({{"prompt", "x"}, {"logprobs", 21}}, "logprobs");
   bad({{"prompt", "x"}, {"stop", 3}}, "stop");

@@ -122,6 +122,36 @@ test('logprobs in the completions shape', async () => {
   }
 });
 
+test("lm-evaluation-harness's loglikelihood request: echo, logprobs 1, max_tokens 0", async () => {
+  const tok = await (await fetch(`${server.baseURL.replace(/\/v1$/, '')}/tokenize`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: PROMPT }),
+  })).json();
+  for (const prompt of [PROMPT, [PROMPT, 'Hello world'], tok.tokens, [tok.tokens, tok.tokens]]) {
+    const r = await client.completions.create({ model: 'kite-ref', prompt, echo: true, logprobs: 1, max_tokens: 0, temperature: 0 });
+    assert.equal(r.usage.completion_tokens, 0);
+    assert.equal(r.choices.length, Array.isArray(prompt) && typeof prompt[0] !== 'number' ? 2 : 1);
+    for (const c of r.choices) {
+      assert.equal(c.finish_reason, 'length');
+      const lp = c.logprobs;
+      assert.equal(lp.token_logprobs[0], null);
+      assert.ok(lp.token_logprobs.slice(1).every((v) => typeof v === 'number' && v <= 0));
+      assert.equal(lp.tokens.length, lp.text_offset.length);
+      // text_offset counts code points of the returned text (Python's len()).
+      const chars = Array.from(c.text);
+      for (let i = 0; i < lp.tokens.length; i++) {
+        const end = i + 1 < lp.tokens.length ? lp.text_offset[i + 1] : chars.length;
+        assert.equal(chars.slice(lp.text_offset[i], end).join(''), lp.tokens[i]);
+      }
+    }
+  }
+  assert.equal((await client.completions.create({ model: 'kite-ref', prompt: PROMPT, echo: true, logprobs: 1, max_tokens: 0 }))
+    .choices[0].text, PROMPT);
+  await assert.rejects(
+    client.completions.create({ model: 'kite-ref', prompt: PROMPT, logprobs: 1, max_tokens: 0 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'max_tokens',
+  );
+});
+
 test('logprobs in the chat shape', async () => {
   const r = await client.chat.completions.create({
     model: 'kite-ref', messages: MESSAGES, max_tokens: 5, temperature: 0, logprobs: true, top_logprobs: 2,
