@@ -352,13 +352,15 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
   // Keys of other families that change the math; Kite's definitions do not
   // implement them, so a config setting them is refused rather than run wrong.
-  for (const char* key : {"attn_logit_softcapping", "final_logit_softcapping", "logit_scale", "logits_scaling",
-                          "embedding_multiplier", "residual_multiplier", "attention_multiplier",
-                          "query_pre_attn_scalar", "num_experts", "num_local_experts", "moe_intermediate_size"}) {
+  // Each key's neutral value (the math of the definitions), NaN: none.
+  const std::pair<const char*, double> kRefused[] = {
+      {"attn_logit_softcapping", 0}, {"final_logit_softcapping", 0}, {"logit_scale", 1},
+      {"logits_scaling", 1},         {"embedding_multiplier", 1},    {"residual_multiplier", 1},
+      {"attention_multiplier", 1},   {"query_pre_attn_scalar", NAN}, {"num_experts", 0},
+      {"num_local_experts", 0},      {"moe_intermediate_size", 0}};
+  for (const auto& [key, neutral] : kRefused) {
     const json* v = r.find(key);
-    if (v && !v->is_null() &&
-        !(v->is_number() && (v->get<double>() == 0 ||
-                             (std::string(key).find("multiplier") != std::string::npos && v->get<double>() == 1))))
+    if (v && !v->is_null() && !(v->is_number() && v->get<double>() == neutral))
       fail(source, key, "is set ({}) but no Kite model definition implements it; this checkpoint cannot run here",
            v->dump());
   }

@@ -155,6 +155,13 @@ DecoderModel::DecoderModel(ModelConfig config, std::string path, std::shared_ptr
 
 DecoderModel::~DecoderModel() = default;
 
+size_t DecoderModel::weight_bytes() const {
+  // One embedding row per token, the final norm, the lm_head and the layers.
+  size_t n = size_t(config_.hidden_size) * dtype_size(embed_.dtype()) + final_norm_.nbytes() + lm_head_.bytes();
+  for (size_t b : layer_bytes_) n += b;
+  return n;
+}
+
 void DecoderModel::build_globals() {
   const ModelConfig& c = config_;
   const int64_t N = tp_.size, r = tp_.rank;
@@ -193,8 +200,6 @@ void DecoderModel::rebuild_lm_head() {
     }
   }
   lm_head_ = Linear(path_ + " lm_head", w, Tensor(), device_, act_);
-  weight_bytes_ =
-      size_t(c.hidden_size) * dtype_size(embed_.dtype()) + final_norm_.nbytes() + lm_head_.bytes() + layer_bytes_total_;
 }
 
 void DecoderModel::build_layer(int64_t l) {
@@ -251,11 +256,8 @@ void DecoderModel::build_layer(int64_t l) {
     }
     bytes += L.linears.back().bytes();
   }
-  layer_bytes_total_ += bytes - layer_bytes_[size_t(l)];
   layer_bytes_[size_t(l)] = bytes;
   layers_[size_t(l)] = std::move(L);
-  weight_bytes_ =
-      size_t(c.hidden_size) * dtype_size(embed_.dtype()) + final_norm_.nbytes() + lm_head_.bytes() + layer_bytes_total_;
 }
 
 void DecoderModel::rebuild_layer(int64_t l) {

@@ -66,7 +66,7 @@ class DecoderModel : public Model {
 
   Device device() const override { return device_; }
   DType kv_dtype() const override { return act_; }
-  size_t weight_bytes() const override { return weight_bytes_; }
+  size_t weight_bytes() const override;
   const Architecture& architecture() const { return *arch_; }
   // The shapes this rank runs: heads, KV heads and MLP width divided by the ranks.
   const ModelConfig& shard_config() const { return local_; }
@@ -155,14 +155,12 @@ class DecoderModel : public Model {
   ModelConfig local_;        // this rank's head and MLP counts
   DType act_ = DType::F32;   // activations and KV cache: F32 on the CPU, BF16 on CUDA
   int64_t vocab_shard_ = 0;  // rows of embed_/lm_head_ per rank (the last rank's padded with zeros)
-  size_t weight_bytes_ = 0;
-  LayerSpec spec_;                                      // the architecture's layer spec (global weights, local buffers)
+  LayerSpec spec_;           // the architecture's layer spec (global weights, local buffers)
   std::vector<std::vector<std::string>> slot_modules_;  // per linear slot, its modules (observers)
   Tensor embed_;                                        // [vocab_shard, d] on the device
   Tensor final_norm_;                                   // [d]
   Linear lm_head_;                                      // [vocab_shard, d]
   std::vector<Layer> layers_;
-  size_t layer_bytes_total_ = 0;
   std::vector<size_t> layer_bytes_;
   Tensor inv_freq_;  // [rotary / 2] F32 on the device (static RoPE)
   float attention_factor_ = 1.0f;

@@ -263,10 +263,12 @@ TEST(HfConfig, Errors) {
   bad(with(R"("attn_logit_softcapping":50.0)"), {"attn_logit_softcapping"});
   bad(with(R"("residual_multiplier":0.22)"), {"residual_multiplier"});
   bad(with(R"("num_local_experts":8)"), {"num_local_experts"});
+  bad(with(R"("logit_scale":0.0625)"), {"logit_scale"});
   // ...unless they leave the math as it is.
   EXPECT_NO_THROW(parse_model_config(with(R"("final_logit_softcapping":null)"), "cfg.json"));
   EXPECT_NO_THROW(parse_model_config(with(R"("residual_multiplier":1.0)"), "cfg.json"));
   EXPECT_NO_THROW(parse_model_config(with(R"("num_experts":0)"), "cfg.json"));
+  EXPECT_NO_THROW(parse_model_config(with(R"("logit_scale":1.0)"), "cfg.json"));
 }
 
 TEST(HfConfig, ModelTypeStandsInForArchitectures) {
