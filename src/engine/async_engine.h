@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/error.h"
 #include "engine/engine.h"
 
 namespace kite {
@@ -42,16 +43,42 @@ class RequestStream {
   bool ended_ = false;  // the final output was pushed
 };
 
+// The waiting queue is full for now (the server answers 429 with
+// Retry-After). Source "request", field "queue".
+class QueueFullError : public Error {
+ public:
+  QueueFullError(std::string message, int retry_after_s)
+      : Error("request", "queue", std::move(message)), retry_after_s_(retry_after_s) {}
+  int retry_after_s() const { return retry_after_s_; }  // a suggestion, 1..60 seconds
+
+ private:
+  int retry_after_s_;
+};
+
+// One prompt of a submission (its id names its stream).
+struct Submission {
+  std::string id;
+  std::vector<int32_t> prompt;
+};
+
 class AsyncEngine {
  public:
   // Takes the engine and starts the loop thread.
   explicit AsyncEngine(std::unique_ptr<Engine> engine);
   ~AsyncEngine();  // shutdown()
 
-  // Validates now (throws kite::Error for a request that can never run, or
-  // when the waiting queue holds max_waiting requests), then queues it.
+  // Validates now (throws kite::Error for a request that can never run,
+  // QueueFullError when the waiting queue is full for now), then queues it.
   std::shared_ptr<RequestStream> submit(const std::string& id, std::vector<int32_t> prompt,
                                         const GenerationParams& params);
+  // Several prompts of one client call, queued together as one request
+  // group (seats and prefill are shared fairly between groups) or not at
+  // all. The queue limit counts sequences (prompts x n) that would wait
+  // for a seat: with max_waiting W and max_num_seqs S, a call of more than
+  // S + W sequences can never be queued (kite::Error, field "n"); one that
+  // would take the sequences waiting for a seat past W gets QueueFullError.
+  std::vector<std::shared_ptr<RequestStream>> submit_group(std::vector<Submission> prompts,
+                                                           const GenerationParams& params);
   // Ends a request; its stream gets a final output with finish reason Abort.
   void abort(const std::string& id);
   // Aborts everything left and joins the loop.
@@ -61,6 +88,7 @@ class AsyncEngine {
 
   EngineStats stats() const;                         // as of the last step
   const Engine& engine() const { return *engine_; }  // immutable parts only (config, limits)
+  // Most sequences waiting for a seat (beyond max_num_seqs running); 0 = unlimited.
   void set_max_waiting(int64_t n) { max_waiting_ = n; }
 
  private:
@@ -73,13 +101,20 @@ class AsyncEngine {
     std::string id;
     std::vector<int32_t> prompt;
     GenerationParams params;
+    uint64_t group = 0;
   };
+  // Seconds until `excess` more sequences are likely to have finished, from
+  // the recent finish rate (1 when unknown), within 1..60. Under mu_.
+  int retry_after_locked(int64_t excess) const;
   std::vector<Pending> adds_;
   std::vector<std::string> aborts_;
   std::unordered_map<std::string, std::shared_ptr<RequestStream>> streams_;
   EngineStats stats_;
-  int64_t max_waiting_ = 0;  // 0 = unlimited
-  int64_t in_transit_ = 0;   // requests taken from adds_ that stats_ does not count yet
+  int64_t max_waiting_ = 0;      // 0 = unlimited
+  int64_t pending_seqs_ = 0;     // sequences (prompts x n) in adds_
+  int64_t in_transit_seqs_ = 0;  // sequences taken from adds_ that stats_ does not count yet
+  uint64_t next_group_ = 1;
+  std::deque<std::pair<double, int64_t>> finish_history_;  // (seconds, requests finished): the last ~10 s
   bool stop_ = false;
   std::condition_variable idle_cv_;
   std::thread thread_;

@@ -163,9 +163,12 @@ void Engine::validate(std::span<const int32_t> prompt, const GenerationParams& p
   if (!p.stop.empty() && !tokenizer_) fail(src, "stop", "stop strings need a tokenizer; this engine has none");
 }
 
-void Engine::add_request(const std::string& id, std::vector<int32_t> prompt, const GenerationParams& params) {
+void Engine::add_request(const std::string& id, std::vector<int32_t> prompt, const GenerationParams& params,
+                         std::optional<uint64_t> group) {
   validate(prompt, params);
   if (requests_.count(id)) fail("request", "id", "a request with id '{}' is already running", id);
+  if (group && *group >= kOwnGroups)
+    fail("request", "group", "group {} is reserved for the engine; use one below 2^63", *group);
   auto r = std::make_unique<Request>();
   r->id = id;
   r->params = params;
@@ -190,6 +193,8 @@ void Engine::add_request(const std::string& id, std::vector<int32_t> prompt, con
   seq->id = next_seq_id_++;
   seq->priority = params.priority;
   seq->arrival = next_arrival_++;
+  seq->group = group ? *group : next_own_group_++;
+  seq->seats = params.n;  // seats for every sample it will fork
   seq->tokens = std::move(prompt);
   seq->num_prompt_tokens = r->num_prompt;
   seq->use_prefix_cache = params.prompt_logprobs < 0;  // prompt logprobs need every position computed
@@ -385,6 +390,7 @@ void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows,
       child->id = next_seq_id_++;
       child->priority = seq.priority;
       child->arrival = seq.arrival;
+      child->group = seq.group;
       child->tokens = seq.tokens;
       child->num_prompt_tokens = seq.num_prompt_tokens;
       child->num_computed = seq.num_computed;
@@ -392,7 +398,7 @@ void Engine::process_chunk(const ScheduledChunk& chunk, const StepRows& rows,
       child->request = seq.request;
       child->index = i;
       blocks_.fork(seq.blocks, child->blocks);
-      scheduler_.add_running(child.get());
+      scheduler_.add_running(child.get(), &seq);
       r.seqs.push_back(std::move(child));
     }
     for (auto& s : r.seqs) sample_token(r, *s, picked[size_t(rows.sample_row + s->index)], now);

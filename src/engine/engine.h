@@ -6,6 +6,7 @@
 // thread for the server and the CLI.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -71,7 +72,13 @@ class Engine {
   // more KV blocks than the whole pool.
   void validate(std::span<const int32_t> prompt, const GenerationParams& params) const;
   // Validates and queues. Throws kite::Error as validate, or for a duplicate id.
-  void add_request(const std::string& id, std::vector<int32_t> prompt, const GenerationParams& params);
+  // `group` ties the requests of one client call together (a fan-out's
+  // prompts): the scheduler shares seats and prefill fairly between groups,
+  // not between requests. Without one the request is a group of its own.
+  // Caller-chosen groups must be below kOwnGroups.
+  static constexpr uint64_t kOwnGroups = uint64_t(1) << 63;
+  void add_request(const std::string& id, std::vector<int32_t> prompt, const GenerationParams& params,
+                   std::optional<uint64_t> group = std::nullopt);
   // Ends a request; its final output (finish reason Abort) comes from the
   // next step(). False when the id is unknown or already finished.
   bool abort(const std::string& id);
@@ -113,6 +120,7 @@ class Engine {
   std::vector<Request*> aborted_;  // finished by abort(), reported by the next step
   uint64_t next_arrival_ = 0;
   uint64_t next_seq_id_ = 0;
+  uint64_t next_own_group_ = kOwnGroups;
   EngineStats counters_;
 };
 

@@ -19,16 +19,121 @@ bool Scheduler::before(const Sequence* a, const Sequence* b) const {
   return a->id < b->id;
 }
 
+bool Scheduler::admits_before(const Sequence* a, int64_t a_running, const Sequence* b, int64_t b_running) const {
+  if (config_.policy == SchedulePolicy::Priority && a->priority != b->priority) return a->priority < b->priority;
+  if (a_running != b_running) return a_running < b_running;
+  return before(a, b);
+}
+
+int64_t Scheduler::group_running(uint64_t group) const {
+  auto it = groups_.find(group);
+  return it == groups_.end() ? 0 : it->second.running;
+}
+
 void Scheduler::insert_waiting(Sequence* seq) {
-  auto at = std::upper_bound(waiting_.begin(), waiting_.end(), seq,
-                             [this](const Sequence* a, const Sequence* b) { return before(a, b); });
-  waiting_.insert(at, seq);
+  auto& q = groups_[seq->group].waiting;
+  auto at =
+      std::upper_bound(q.begin(), q.end(), seq, [this](const Sequence* a, const Sequence* b) { return before(a, b); });
+  q.insert(at, seq);
+  ++num_waiting_;
+}
+
+void Scheduler::erase_waiting(Sequence* seq) {
+  auto g = groups_.find(seq->group);
+  if (g == groups_.end()) return;
+  auto& q = g->second.waiting;
+  if (auto it = std::find(q.begin(), q.end(), seq); it != q.end()) {
+    q.erase(it);
+    --num_waiting_;
+  }
+  drop_group_if_idle(seq->group);
 }
 
 void Scheduler::insert_running(Sequence* seq) {
   auto at = std::upper_bound(running_.begin(), running_.end(), seq,
                              [this](const Sequence* a, const Sequence* b) { return before(a, b); });
   running_.insert(at, seq);
+  groups_[seq->group].running += seq->seats;
+  seats_used_ += seq->seats;
+}
+
+void Scheduler::erase_running(Sequence* seq) {
+  auto it = std::find(running_.begin(), running_.end(), seq);
+  if (it == running_.end()) return;
+  running_.erase(it);
+  groups_[seq->group].running -= seq->seats;
+  seats_used_ -= seq->seats;
+  drop_group_if_idle(seq->group);
+}
+
+void Scheduler::drop_group_if_idle(uint64_t group) {
+  auto g = groups_.find(group);
+  if (g != groups_.end() && g->second.running == 0 && g->second.waiting.empty()) groups_.erase(g);
+}
+
+Sequence* Scheduler::next_waiting() const {
+  Sequence* best = nullptr;
+  int64_t best_running = 0;
+  for (const auto& [id, g] : groups_) {
+    if (g.waiting.empty()) continue;
+    Sequence* head = g.waiting.front();
+    if (!best || admits_before(head, g.running, best, best_running)) {
+      best = head;
+      best_running = g.running;
+    }
+  }
+  return best;
+}
+
+std::vector<Sequence*> Scheduler::waiting_in_order() const {
+  std::unordered_map<uint64_t, size_t> taken;  // per group: how many of its waiting are already listed
+  std::unordered_map<uint64_t, int64_t> running;
+  for (const auto& [id, g] : groups_) running[id] = g.running;
+  std::vector<Sequence*> order;
+  order.reserve(size_t(num_waiting_));
+  while (int64_t(order.size()) < num_waiting_) {
+    Sequence* best = nullptr;
+    for (const auto& [id, g] : groups_) {
+      if (taken[id] >= g.waiting.size()) continue;
+      Sequence* head = g.waiting[taken[id]];
+      if (!best || admits_before(head, running[id], best, running[best->group])) best = head;
+    }
+    order.push_back(best);
+    ++taken[best->group];
+    ++running[best->group];
+  }
+  return order;
+}
+
+Sequence* Scheduler::seat_victim(const Sequence* cand) const {
+  const int64_t mine = group_running(cand->group);
+  Sequence* victim = nullptr;
+  int64_t victim_running = 0;
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {  // newest first
+    Sequence* s = *it;
+    const int64_t r = group_running(s->group);
+    if (r < mine + 2) continue;  // taking it would leave its group with fewer seats than cand's
+    if (config_.policy == SchedulePolicy::Priority && s->priority < cand->priority) continue;
+    if (!victim || r > victim_running) {
+      victim = s;
+      victim_running = r;
+    }
+  }
+  return victim;
+}
+
+Sequence* Scheduler::block_victim() const {
+  if (config_.policy == SchedulePolicy::Priority) return running_.back();
+  Sequence* victim = nullptr;
+  int64_t victim_running = 0;
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {  // newest first: ties go to the newest
+    const int64_t r = group_running((*it)->group);
+    if (!victim || r > victim_running) {
+      victim = *it;
+      victim_running = r;
+    }
+  }
+  return victim;
 }
 
 void Scheduler::add(Sequence* seq) {
@@ -37,14 +142,21 @@ void Scheduler::add(Sequence* seq) {
   insert_waiting(seq);
 }
 
-void Scheduler::add_running(Sequence* child) {
+void Scheduler::add_running(Sequence* child, Sequence* parent) {
   child->status = SeqStatus::Running;
+  child->seats = 1;
+  if (parent && parent->seats > 1 && parent->status == SeqStatus::Running) {
+    // The child takes one of the seats its parent reserved.
+    --parent->seats;
+    --groups_[parent->group].running;
+    --seats_used_;
+  }
   insert_running(child);
 }
 
 void Scheduler::remove(Sequence* seq) {
-  if (auto it = std::find(running_.begin(), running_.end(), seq); it != running_.end()) running_.erase(it);
-  if (auto it = std::find(waiting_.begin(), waiting_.end(), seq); it != waiting_.end()) waiting_.erase(it);
+  erase_running(seq);
+  erase_waiting(seq);
   blocks_.free(seq->blocks);
   seq->num_computed = 0;
   seq->status = SeqStatus::Finished;
@@ -60,7 +172,7 @@ void Scheduler::preempt(Sequence* seq, SchedulerOutput& out) {
   const auto& mine = seq->blocks.blocks;
   std::erase_if(out.copies,
                 [&](const BlockCopy& c) { return std::find(mine.begin(), mine.end(), c.dst) != mine.end(); });
-  running_.erase(std::find(running_.begin(), running_.end(), seq));
+  erase_running(seq);
   blocks_.free(seq->blocks);
   seq->num_computed = 0;
   ++seq->num_preemptions;
@@ -74,13 +186,23 @@ SchedulerOutput Scheduler::schedule() {
   SchedulerOutput out;
   const int64_t max_tokens = config_.max_num_batched_tokens;
 
-  // 1. Running sequences: decodes first, then unfinished prefills, each in queue order.
+  // 1. Running sequences: decodes first in queue order, then unfinished
+  // prefills round-robin across groups (each group's first, then each
+  // group's second, ...; queue order within a round).
   std::vector<Sequence*> order;
   order.reserve(running_.size());
   for (Sequence* s : running_)
     if (s->remaining() == 1) order.push_back(s);
+  std::unordered_map<uint64_t, int64_t> round;  // per group: its prefills listed so far
+  std::vector<std::pair<int64_t, Sequence*>> prefills;
   for (Sequence* s : running_)
-    if (s->remaining() != 1) order.push_back(s);
+    if (s->remaining() != 1) prefills.push_back({round[s->group]++, s});
+  std::stable_sort(prefills.begin(), prefills.end(), [this](const auto& a, const auto& b) {
+    if (config_.policy == SchedulePolicy::Priority && a.second->priority != b.second->priority)
+      return a.second->priority < b.second->priority;
+    return a.first < b.first;
+  });
+  for (auto& [r, s] : prefills) order.push_back(s);
   for (Sequence* seq : order) {
     if (seq->status != SeqStatus::Running) continue;  // preempted earlier in this loop
     if (out.num_tokens >= max_tokens || int64_t(out.chunks.size()) >= config_.max_num_seqs) break;
@@ -92,17 +214,33 @@ SchedulerOutput Scheduler::schedule() {
         out.num_tokens += n;
         break;
       }
-      // Out of blocks: preempt the newest (lowest-priority) running sequence.
-      Sequence* victim = running_.back();
+      // Out of blocks: preempt the newest sequence of the group holding the
+      // most seats (priority policy: the least urgent, newest).
+      Sequence* victim = block_victim();
       preempt(victim, out);
       if (victim == seq) break;
     }
   }
 
-  // 2. Waiting sequences, in queue order, while nothing had to be preempted.
-  while (out.preempted.empty() && !waiting_.empty() && out.num_tokens < max_tokens &&
-         int64_t(running_.size()) < config_.max_num_seqs) {
-    Sequence* seq = waiting_.front();
+  // 2. Waiting sequences in admission order (the group holding the fewest
+  // seats first, then queue order), while no sequence had to give up its
+  // blocks. With every seat taken, a group holding two or more seats more
+  // than the next sequence's group gives up its newest one.
+  const bool out_of_blocks = !out.preempted.empty();
+  while (!out_of_blocks && num_waiting_ > 0 && out.num_tokens < max_tokens) {
+    Sequence* seq = next_waiting();
+    // Its seats (n for a request that will fork its samples); a sequence
+    // wider than every seat runs alone.
+    bool seated = true;
+    while (seats_used_ > 0 && seats_used_ + seq->seats > config_.max_num_seqs) {
+      Sequence* victim = seat_victim(seq);
+      if (!victim) {
+        seated = false;
+        break;
+      }
+      preempt(victim, out);
+    }
+    if (!seated) break;
     const bool cache = seq->use_prefix_cache && blocks_.prefix_caching();
     const int64_t hit = cache ? blocks_.cached_prefix_tokens(seq->tokens) : 0;
     const int64_t todo = seq->num_tokens() - hit;
@@ -114,7 +252,7 @@ SchedulerOutput Scheduler::schedule() {
     KITE_CHECK(seq->num_computed == hit, "prefix hit changed: {} != {}", seq->num_computed, hit);
     const bool ok = blocks_.allocate_slots(seq->blocks, hit, hit + n, out.copies);
     KITE_CHECK(ok, "allocation of {} slots failed after the free-block check", hit + n);
-    waiting_.pop_front();
+    erase_waiting(seq);
     seq->status = SeqStatus::Running;
     insert_running(seq);
     out.chunks.push_back({seq, n});

@@ -44,7 +44,8 @@ std::string random_hex(size_t n) {
 ApiError api_error_from(const Error& e) {
   std::string msg = e.what();
   if (msg.rfind("request: ", 0) == 0) msg = msg.substr(9);
-  if (e.field() == "queue") return ApiError(429, msg, "", "rate_limit_exceeded");
+  if (auto* q = dynamic_cast<const QueueFullError*>(&e))
+    return ApiError(429, msg, "", "rate_limit_exceeded").with_retry_after(q->retry_after_s());
   if (e.field() == "id") return ApiError(503, msg);  // the engine is shutting down
   return ApiError(400, msg, e.field());
 }
@@ -84,6 +85,7 @@ struct Server::Impl {
     if (e.status() != 500) metrics.record_rejected(e.status());
     std::vector<std::pair<std::string, std::string>> headers;
     if (e.status() == 401) headers.emplace_back("WWW-Authenticate", "Bearer");
+    if (e.retry_after_s() > 0) headers.emplace_back("Retry-After", std::to_string(e.retry_after_s()));
     co_await res.send(e.status(), kJson, error_json(e).dump(-1, ' ', false, Json::error_handler_t::replace), headers);
   }
 
@@ -238,20 +240,23 @@ struct Server::Impl {
     ParsedRequest pr = chat ? parse_chat_request(body, model) : parse_completion_request(body, model);
     ResponseBuilder rb(model, pr, (chat ? "chatcmpl-" : "cmpl-") + random_hex(32), unix_now());
 
+    const int64_t seqs = int64_t(pr.prompts.size()) * pr.params.n;
+    if (options.max_seqs_per_request > 0 && seqs > options.max_seqs_per_request)
+      throw ApiError(400,
+                     fmt::format("this request asks for {} sequences ({} prompts x n {}); this server allows at most "
+                                 "{} per request (--max-seqs-per-request): split it into several requests",
+                                 seqs, pr.prompts.size(), pr.params.n, options.max_seqs_per_request),
+                     pr.params.n > 1 ? "n" : (chat ? "messages" : "prompt"));
+
     auto waker = std::make_shared<Waker>(co_await net::this_coro::executor);
-    std::vector<std::shared_ptr<RequestStream>> streams;
+    std::vector<Submission> subs;
     std::vector<std::string> ids;
-    try {
-      for (size_t i = 0; i < pr.prompts.size(); ++i) {
-        ids.push_back(pr.prompts.size() == 1 ? rb.id() : fmt::format("{}-{}", rb.id(), i));
-        auto s = engine.submit(ids.back(), pr.prompts[i], pr.params);
-        s->set_notify([waker] { waker->wake(); });
-        streams.push_back(std::move(s));
-      }
-    } catch (const Error& e) {
-      for (size_t i = 0; i < streams.size(); ++i) engine.abort(ids[i]);
-      throw api_error_from(e);
+    for (size_t i = 0; i < pr.prompts.size(); ++i) {
+      ids.push_back(pr.prompts.size() == 1 ? rb.id() : fmt::format("{}-{}", rb.id(), i));
+      subs.push_back({ids.back(), pr.prompts[i]});
     }
+    std::vector<std::shared_ptr<RequestStream>> streams = engine.submit_group(std::move(subs), pr.params);
+    for (auto& s : streams) s->set_notify([waker] { waker->wake(); });
     res.on_client_gone([waker] { waker->wake(); });
 
     bool writing = true;  // false once the client is gone

@@ -24,7 +24,11 @@ namespace kite::server {
 
 struct ServerOptions {
   HttpOptions http;
-  std::string api_key;  // empty: no authentication; else /v1/* need "Authorization: Bearer <key>"
+  std::string api_key;  // empty: no authentication; else every route but /health and /metrics needs
+                        // "Authorization: Bearer <key>"
+  // Most sequences (prompts x n) one completion request may ask for; more
+  // is a 400 naming the parameter. 0 = no limit.
+  int64_t max_seqs_per_request = 256;
   int io_threads = 1;
   std::chrono::milliseconds shutdown_timeout{30000};  // in-flight requests get this long to finish
   bool log_requests = false;                          // one line per API request on stderr

@@ -31,9 +31,16 @@ class ApiError : public std::runtime_error {
   const std::string& code() const { return code_; }
   // invalid_request_error, authentication_error, rate_limit_error, server_error ...
   std::string type() const;
+  // 429: seconds the client should wait (sent as Retry-After); 0 = none.
+  int retry_after_s() const { return retry_after_s_; }
+  ApiError& with_retry_after(int seconds) {
+    retry_after_s_ = seconds;
+    return *this;
+  }
 
  private:
   int status_;
+  int retry_after_s_ = 0;
   std::string param_;
   std::string code_;
 };

@@ -445,5 +445,66 @@ TEST(AsyncEngine, ConcurrentStreamsFromManyThreads) {
   EXPECT_EQ(ae.stats().kv_blocks_used, 0);
 }
 
+// The queue limit counts sequences waiting for a seat: a burst that fits the
+// free seats is accepted whatever --max-queue says; past it, QueueFullError
+// (429) with a retry suggestion; a call that could never fit is a plain
+// Error naming n (400).
+TEST(AsyncEngine, QueueLimitCountsSequencesWaitingForASeat) {
+  EngineConfig c = small_config(256);
+  c.scheduler.max_num_seqs = 4;
+  AsyncEngine ae(std::make_unique<Engine>(model(), &tokenizer(), c));
+  ae.set_max_waiting(2);
+  GenerationParams long_run = greedy(200);
+  long_run.ignore_eos = true;
+  std::vector<Submission> six;
+  for (int i = 0; i < 6; ++i) six.push_back({"g" + std::to_string(i), {1, int32_t(20 + i), 7}});
+  auto streams = ae.submit_group(six, long_run);  // 4 seats + 2 waiting: accepted on an idle engine
+  EXPECT_EQ(streams.size(), 6u);
+  try {
+    ae.submit("one-more", {1, 5, 6}, long_run);
+    ADD_FAILURE() << "a seventh sequence must not fit 4 seats + 2 waiting";
+  } catch (const QueueFullError& e) {
+    EXPECT_EQ(e.field(), "queue");
+    EXPECT_GE(e.retry_after_s(), 1);
+    EXPECT_LE(e.retry_after_s(), 60);
+  }
+  // Seven sequences in one call could never be queued: not "retry later".
+  std::vector<Submission> seven;
+  for (int i = 0; i < 7; ++i) seven.push_back({"h" + std::to_string(i), {1, 9, 9}});
+  try {
+    ae.submit_group(seven, greedy(2));
+    ADD_FAILURE() << "7 > 4 + 2 must be refused outright";
+  } catch (const QueueFullError&) {
+    ADD_FAILURE() << "7 > 4 + 2 got QueueFullError (429), expected a plain Error (400)";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.field(), "n");
+  }
+  for (int i = 0; i < 6; ++i) ae.abort("g" + std::to_string(i));
+  ae.wait_idle();
+  EXPECT_EQ(ae.stats().kv_blocks_used, 0);
+  EXPECT_EQ(ae.stats().num_waiting, 0);
+
+  // A burst of single requests at an idle engine with free seats: all in.
+  AsyncEngine burst(std::make_unique<Engine>(model(), &tokenizer(), [] {
+    EngineConfig b = small_config(256);
+    b.scheduler.max_num_seqs = 8;
+    return b;
+  }()));
+  burst.set_max_waiting(1);
+  std::vector<std::shared_ptr<RequestStream>> got;
+  for (int i = 0; i < 9; ++i)
+    EXPECT_NO_THROW(got.push_back(burst.submit("b" + std::to_string(i), {1, 4, int32_t(5 + i)}, long_run)));
+  EXPECT_THROW(burst.submit("b9", {1, 4, 5}, long_run), QueueFullError);
+  for (int i = 0; i < 9; ++i) burst.abort("b" + std::to_string(i));
+  burst.wait_idle();
+  for (auto& st : got) {
+    RequestOutput o;
+    bool finished = false;
+    while (st->next(o)) finished = o.finished;
+    EXPECT_TRUE(finished);
+  }
+  EXPECT_EQ(burst.stats().kv_blocks_used, 0);
+}
+
 }  // namespace
 }  // namespace kite

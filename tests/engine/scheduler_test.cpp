@@ -23,11 +23,12 @@ struct Sim {
   Sim(int64_t blocks, int64_t block_size, SchedulerConfig cfg, bool prefix = true)
       : bm(blocks, block_size, prefix), sched(cfg, bm) {}
 
-  Sequence* add(std::vector<int32_t> prompt, int64_t gen, int32_t priority = 0) {
+  Sequence* add(std::vector<int32_t> prompt, int64_t gen, int32_t priority = 0, uint64_t group = 0) {
     auto s = std::make_unique<Sequence>();
     s->id = next;
     s->arrival = next++;
     s->priority = priority;
+    s->group = group;
     s->num_prompt_tokens = int64_t(prompt.size());
     s->tokens = std::move(prompt);
     sched.add(s.get());
@@ -80,6 +81,7 @@ struct Sim {
     ASSERT_EQ(total, out.num_tokens);
     ASSERT_LE(total, cfg.max_num_batched_tokens);
     ASSERT_LE(int64_t(out.chunks.size()), cfg.max_num_seqs);
+    ASSERT_LE(sched.seats_used(), cfg.max_num_seqs);
     ASSERT_EQ(bm.num_free_blocks() + bm.num_used_blocks(), bm.num_blocks());
   }
 };
@@ -235,6 +237,166 @@ TEST(Scheduler, PropertyRandomWorkloadsKeepInvariants) {
       EXPECT_TRUE(s->blocks.blocks.empty());
     }
     EXPECT_EQ(sim.bm.num_free_blocks(), sim.bm.num_blocks()) << "seed " << seed << ": blocks leaked";
+  }
+}
+
+// Fairness between request groups (docs/design/engine.md): a fan-out group
+// holding every seat gives one up to a newly arrived group at once.
+TEST(Scheduler, AFanOutGroupGivesASeatToANewGroup) {
+  SchedulerConfig cfg;
+  cfg.max_num_seqs = 8;
+  Sim sim(256, 16, cfg);
+  for (int i = 0; i < 16; ++i) sim.add(tokens(4, 100 * i), 50, 0, /*group=*/1);
+  sim.step();
+  sim.step();
+  EXPECT_EQ(sim.sched.group_running(1), 8);
+  EXPECT_EQ(sim.sched.num_waiting(), 8);
+  Sequence* small = sim.add(tokens(4, 9000), 3, 0, /*group=*/2);
+  auto out = sim.step();
+  ASSERT_EQ(out.preempted.size(), 1u);  // the fan-out's newest running sequence
+  EXPECT_EQ(out.preempted[0]->group, 1u);
+  EXPECT_EQ(small->status, SeqStatus::Running);
+  EXPECT_TRUE(std::any_of(out.chunks.begin(), out.chunks.end(), [&](const auto& c) { return c.seq == small; }));
+  EXPECT_EQ(sim.sched.group_running(1), 7);
+  EXPECT_EQ(sim.sched.group_running(2), 1);
+  // The small request runs to its end beside the fan-out; the fan-out then
+  // takes every seat again and finishes too.
+  for (int i = 0; i < 400 && sim.sched.num_running() + sim.sched.num_waiting() > 0; ++i) sim.step();
+  EXPECT_EQ(small->num_tokens(), 7);
+  EXPECT_EQ(sim.sched.num_running() + sim.sched.num_waiting(), 0);
+}
+
+TEST(Scheduler, AdmissionTakesTheGroupHoldingFewestSeatsFirst) {
+  SchedulerConfig cfg;
+  cfg.max_num_seqs = 64;
+  cfg.max_num_batched_tokens = 1 << 20;
+  Sim sim(256, 16, cfg);
+  for (int i = 0; i < 4; ++i) sim.add(tokens(4, 10 * i), 50, 0, /*group=*/1);  // arrive first
+  for (int i = 0; i < 3; ++i) sim.add(tokens(4, 500 + 10 * i), 50, 0, /*group=*/2);
+  sim.add(tokens(4, 900), 50, 0, /*group=*/3);
+  std::vector<uint64_t> groups;
+  for (const Sequence* s : sim.sched.waiting_in_order()) groups.push_back(s->group);
+  EXPECT_EQ(groups, (std::vector<uint64_t>{1, 2, 3, 1, 2, 1, 2, 1}));
+}
+
+TEST(Scheduler, PrefillChunksGoRoundRobinAcrossGroups) {
+  SchedulerConfig cfg;
+  cfg.max_num_batched_tokens = 64;
+  Sim sim(256, 16, cfg);
+  std::vector<Sequence*> fan;
+  for (int i = 0; i < 4; ++i) fan.push_back(sim.add(tokens(200, 1000 * (i + 1)), 2, 0, /*group=*/1));
+  sim.step();  // fan[0] takes the whole budget
+  Sequence* other = sim.add(tokens(200, 9000), 2, 0, /*group=*/2);
+  sim.step();  // fan[0]'s next chunk
+  // Both groups now have a prefill running; each step the budget starts
+  // with the first of each group.
+  bool both = false;
+  for (int i = 0; i < 8 && !both; ++i) {
+    auto out = sim.step();
+    ASSERT_FALSE(out.chunks.empty());
+    if (out.chunks.size() >= 2) {
+      EXPECT_NE(out.chunks[0].seq->group, out.chunks[1].seq->group) << "step " << i;
+      both = true;
+    }
+  }
+  EXPECT_TRUE(both);
+  EXPECT_GT(other->num_computed, 0);
+}
+
+// A sequence that will fork n samples reserves n seats when admitted; its
+// forks take them, so the batch never outgrows max_num_seqs.
+TEST(Scheduler, ASequenceReservesSeatsForTheSamplesItWillFork) {
+  SchedulerConfig cfg;
+  cfg.max_num_seqs = 6;
+  Sim sim(256, 16, cfg);
+  Sequence* a = sim.add(tokens(4, 1), 20);
+  a->seats = 4;
+  Sequence* b = sim.add(tokens(4, 100), 20);
+  b->seats = 4;
+  sim.step();
+  EXPECT_EQ(a->status, SeqStatus::Running);
+  EXPECT_EQ(b->status, SeqStatus::Waiting);  // 4 + 4 > 6
+  EXPECT_EQ(sim.sched.seats_used(), 4);
+  // a's prompt is done: fork three samples into its reserved seats.
+  std::vector<std::unique_ptr<Sequence>> kids;
+  for (int i = 0; i < 3; ++i) {
+    kids.push_back(std::make_unique<Sequence>(*a));
+    kids.back()->id = 1000 + uint64_t(i);
+    kids.back()->blocks = {};
+    sim.bm.fork(a->blocks, kids.back()->blocks);
+    sim.sched.add_running(kids.back().get(), a);
+  }
+  EXPECT_EQ(a->seats, 1);
+  EXPECT_EQ(sim.sched.seats_used(), 4);
+  EXPECT_EQ(sim.sched.num_running(), 4);
+  for (auto& k : kids) sim.sched.remove(k.get());
+  EXPECT_EQ(sim.sched.seats_used(), 1);
+  sim.step();
+  EXPECT_EQ(b->status, SeqStatus::Running);  // 1 + 4 <= 6
+  EXPECT_EQ(sim.sched.seats_used(), 5);
+}
+
+// Random fan-out groups: with ample blocks and budget, whenever every seat
+// is taken and a sequence waits, no group holds more than one seat more
+// than the waiting sequence's group; everything finishes.
+TEST(Scheduler, PropertySeatsAreSharedBetweenGroups) {
+  for (uint32_t seed = 1; seed <= 8; ++seed) {
+    std::mt19937 rng(seed);
+    SchedulerConfig cfg;
+    cfg.max_num_seqs = std::uniform_int_distribution<int64_t>(2, 16)(rng);
+    cfg.max_num_batched_tokens = 1 << 20;
+    Sim sim(4096, 16, cfg);
+    int added = 0;
+    for (int stepno = 0; stepno < 5000; ++stepno) {
+      if (added < 120 && rng() % 4 == 0) {
+        const uint64_t group = 1 + rng() % 5;
+        const int fan = rng() % 3 == 0 ? int(rng() % 12) + 1 : 1;
+        for (int i = 0; i < fan && added < 120; ++i, ++added)
+          sim.add(tokens(int64_t(1 + rng() % 20), int32_t(rng() % 1000)), int64_t(1 + rng() % 30), 0, group);
+      }
+      sim.step();
+      if (HasFatalFailure()) return;
+      if (sim.sched.num_running() >= cfg.max_num_seqs && sim.sched.num_waiting() > 0) {
+        int64_t most = 0;
+        for (const Sequence* r : sim.sched.running()) most = std::max(most, sim.sched.group_running(r->group));
+        const Sequence* next = sim.sched.waiting_in_order().front();
+        EXPECT_LE(most, sim.sched.group_running(next->group) + 1) << "seed " << seed << " step " << stepno;
+      }
+      if (added == 120 && sim.sched.num_running() + sim.sched.num_waiting() == 0) break;
+    }
+    EXPECT_EQ(sim.sched.num_running() + sim.sched.num_waiting(), 0) << "seed " << seed << ": work left (starved?)";
+    for (auto& s : sim.seqs) EXPECT_EQ(s->num_tokens(), sim.target[size_t(s->id)]) << "seed " << seed;
+  }
+}
+
+// Without fan-out (one sequence per group) the schedule is exactly the
+// single-queue FCFS/priority schedule: the same chunks, step by step, as
+// when every sequence is in one group.
+TEST(Scheduler, OneSequencePerGroupSchedulesAsPlainFcfs) {
+  for (uint32_t seed = 1; seed <= 6; ++seed) {
+    SchedulerConfig cfg;
+    cfg.max_num_seqs = 1 + seed % 5;
+    cfg.max_num_batched_tokens = 16 + 8 * seed;
+    cfg.policy = seed % 2 ? SchedulePolicy::Fcfs : SchedulePolicy::Priority;
+    Sim one(24, 4, cfg), own(24, 4, cfg);
+    std::mt19937 rng(seed);
+    std::vector<std::vector<std::pair<uint64_t, int64_t>>> a, b;
+    for (int stepno = 0; stepno < 600; ++stepno) {
+      if (stepno < 200 && rng() % 3 == 0) {
+        auto p = tokens(int64_t(1 + rng() % 30), int32_t(rng() % 500));
+        const int64_t gen = int64_t(1 + rng() % 30);
+        const int32_t prio = int32_t(rng() % 3);
+        one.add(p, gen, prio, 0);
+        own.add(p, gen, prio, 1000 + own.next);
+      }
+      auto oa = one.step(), ob = own.step();
+      if (HasFatalFailure()) return;
+      std::vector<std::pair<uint64_t, int64_t>> ca, cb;
+      for (auto& c : oa.chunks) ca.push_back({c.seq->id, c.num_tokens});
+      for (auto& c : ob.chunks) cb.push_back({c.seq->id, c.num_tokens});
+      ASSERT_EQ(ca, cb) << "seed " << seed << " step " << stepno;
+      ASSERT_EQ(oa.preempted.size(), ob.preempted.size()) << "seed " << seed << " step " << stepno;
+    }
   }
 }
 

@@ -639,10 +639,86 @@ TEST(ApiServer, FullQueueGets429) {
   for (int i = 0; i < 200 && inst.engine().stats().num_waiting < 1; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   ASSERT_EQ(inst.engine().stats().num_waiting, 1);
-  expect_error(c.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}), 429);
+  auto full = c.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}});
+  expect_error(full, 429);
+  const std::string retry = full.header("Retry-After");
+  ASSERT_FALSE(retry.empty()) << "a 429 must say when to retry";
+  EXPECT_GE(std::stoi(retry), 1);
+  EXPECT_LE(std::stoi(retry), 60);
+  // Two prompts could never be queued beside 1 seat + 1 waiting: 400 naming n, not 429.
+  expect_error(c.post("/v1/completions", {{"prompt", {"x", "y", "z"}}, {"max_tokens", 1}}), 400, "n");
   a.close();
   second.wait();
   b.close();
+}
+
+// --max-queue counts sequences waiting for a seat: a request listing more
+// prompts than the queue limit is served on an idle server.
+TEST(ApiServer, QueueLimitCountsWaitingSequencesNotRequestsInFlight) {
+  EngineConfig ec;
+  ec.scheduler.max_num_seqs = 32;
+  Instance inst({}, ec, /*max_waiting=*/10);
+  Client c(inst.port());
+  json prompts = json::array();
+  for (int i = 0; i < 11; ++i) prompts.push_back("Prompt number " + std::to_string(i));
+  auto r = c.post("/v1/completions", {{"prompt", prompts}, {"max_tokens", 2}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["choices"].size(), 11u);
+  // A burst of 30 single requests at the idle server (32 seats): none refused.
+  std::vector<std::future<int>> burst;
+  for (int i = 0; i < 30; ++i)
+    burst.push_back(std::async(std::launch::async, [&, i] {
+      Client b(inst.port());
+      return b.post("/v1/completions", {{"prompt", "Burst " + std::to_string(i)}, {"max_tokens", 2}}).status;
+    }));
+  for (auto& f : burst) EXPECT_EQ(f.get(), 200);
+}
+
+TEST(ApiServer, SequencesPerRequestAreCapped) {
+  ServerOptions so;
+  so.max_seqs_per_request = 8;
+  Instance inst(so);
+  Client c(inst.port());
+  expect_error(c.post("/v1/completions", {{"prompt", {"a", "b", "c"}}, {"n", 3}, {"max_tokens", 1}}), 400, "n");
+  json nine = json::array();
+  for (int i = 0; i < 9; ++i) nine.push_back("p");
+  expect_error(c.post("/v1/completions", {{"prompt", nine}, {"max_tokens", 1}}), 400, "prompt");
+  expect_error(c.post("/v1/chat/completions",
+                      {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"n", 9}, {"max_tokens", 1}}),
+               400, "n");
+  EXPECT_EQ(c.post("/v1/completions", {{"prompt", {"a", "b"}}, {"n", 4}, {"max_tokens", 1}}).status, 200);
+}
+
+// One client's fan-out (prompts x n filling every seat for many steps) does
+// not hold back another client's small request: it gets a seat at once.
+TEST(ApiServer, FanOutRequestDoesNotStarveASmallOne) {
+  EngineConfig ec;
+  ec.num_blocks = 2048;
+  ec.scheduler.max_num_seqs = 64;
+  Instance inst({}, ec);
+  json prompts = json::array();
+  for (int i = 0; i < 32; ++i) prompts.push_back("Fan-out prompt " + std::to_string(i) + " about kernels");
+  auto fan = std::async(std::launch::async, [&] {
+    Client f(inst.port());
+    return f.post("/v1/completions",
+                  {{"prompt", prompts}, {"n", 4}, {"max_tokens", 96}, {"ignore_eos", true}, {"temperature", 0.8}});
+  });
+  for (int i = 0; i < 1000 && inst.engine().stats().num_running < 64; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(inst.engine().stats().num_running, 64) << "the fan-out should hold every seat";
+  ASSERT_GT(inst.engine().stats().num_waiting, 0);
+  Client c(inst.port());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto events = c.stream_events("/v1/completions",
+                                {{"prompt", "The kernel scheduler"}, {"max_tokens", 4}, {"stream", true}}, nullptr, 1);
+  const double ttft = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_LT(ttft, 2.0) << "the small request waited behind the fan-out";
+  c.close();
+  auto r = fan.get();
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json()["choices"].size(), 128u);
+  EXPECT_GT(inst.engine().stats().num_preemptions, 0);  // the fan-out gave a seat up
 }
 
 TEST(ApiServer, DisconnectAbortsTheRequestAndFreesItsBlocks) {

@@ -34,6 +34,7 @@ struct ServeArgs {
   std::string api_key;
   std::string chat_template;
   int64_t max_queue = 0;
+  int64_t max_seqs_per_request = 256;
   double shutdown_timeout = 30;
   int64_t max_body_mb = 32;
   int io_threads = 1;
@@ -77,6 +78,9 @@ int run_serve(const ServeArgs& a) {
     fail("--gpu-memory-utilization", "gpu_memory_utilization", "{} is invalid; expected a fraction in (0, 1]",
          a.gpu_memory_utilization);
   if (a.max_queue < 0) fail("--max-queue", "max_queue", "{} is invalid; expected 0 (unlimited) or more", a.max_queue);
+  if (a.max_seqs_per_request < 0)
+    fail("--max-seqs-per-request", "max_seqs_per_request", "{} is invalid; expected 0 (unlimited) or more",
+         a.max_seqs_per_request);
 
   auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster);
   if (!model) return 0;  // another node of a multi-node job: it served node 0
@@ -165,6 +169,7 @@ int run_serve(const ServeArgs& a) {
   so.http.port = uint16_t(a.port);
   so.http.max_body_bytes = size_t(a.max_body_mb) << 20;
   so.api_key = a.api_key;
+  so.max_seqs_per_request = a.max_seqs_per_request;
   if (so.api_key.empty())
     if (const char* k = std::getenv("KITE_API_KEY")) so.api_key = k;
   so.io_threads = a.io_threads;
@@ -201,9 +206,16 @@ Run add_serve(CLI::App& app) {
   c->add_option("--kv-cache-memory", a->kv_cache_memory, "KV cache size, e.g. 4GiB (default 1GiB on the CPU)");
   c->add_option("--block-size", a->block_size, "Tokens per KV block")->capture_default_str();
   c->add_flag("--no-enable-prefix-caching", a->no_prefix_caching, "Turn prefix caching off");
-  c->add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1 (or set KITE_API_KEY)");
+  c->add_option("--api-key", a->api_key,
+                "Require 'Authorization: Bearer KEY' on every route but /health and /metrics (or set KITE_API_KEY)");
   c->add_option("--chat-template", a->chat_template, "Chat template: a file or the Jinja text; default: the model's");
-  c->add_option("--max-queue", a->max_queue, "Most waiting requests before 429; 0 = unlimited")->capture_default_str();
+  c->add_option("--max-queue", a->max_queue,
+                "Most sequences waiting for a seat (beyond --max-num-seqs running) before 429 with Retry-After; "
+                "0 = unlimited")
+      ->capture_default_str();
+  c->add_option("--max-seqs-per-request", a->max_seqs_per_request,
+                "Most sequences (prompts x n) in one request; more is a 400; 0 = unlimited")
+      ->capture_default_str();
   c->add_option("--shutdown-timeout", a->shutdown_timeout,
                 "Seconds in-flight requests get to finish after SIGTERM/SIGINT")
       ->capture_default_str();
