@@ -112,7 +112,10 @@ Sequence* Scheduler::seat_victim(const Sequence* cand) const {
   for (auto it = running_.rbegin(); it != running_.rend(); ++it) {  // newest first
     Sequence* s = *it;
     const int64_t r = group_running(s->group);
-    if (r < mine + 2) continue;  // taking it would leave its group with fewer seats than cand's
+    // After the move its group must still hold at least as many seats as
+    // cand's (so the move never reverses, and sum of squares of the group
+    // seats falls).
+    if (r - s->seats < mine + cand->seats) continue;
     if (config_.policy == SchedulePolicy::Priority && s->priority < cand->priority) continue;
     if (!victim || r > victim_running) {
       victim = s;
@@ -229,6 +232,9 @@ SchedulerOutput Scheduler::schedule() {
   const bool out_of_blocks = !out.preempted.empty();
   while (!out_of_blocks && num_waiting_ > 0 && out.num_tokens < max_tokens) {
     Sequence* seq = next_waiting();
+    // A sequence that gave its seat up in this step waits for the next one
+    // (no ping-pong inside one schedule; admission then ends here).
+    if (std::find(out.preempted.begin(), out.preempted.end(), seq) != out.preempted.end()) break;
     // Its seats (n for a request that will fork its samples); a sequence
     // wider than every seat runs alone.
     bool seated = true;

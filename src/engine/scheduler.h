@@ -85,9 +85,9 @@ class Scheduler {
   bool admits_before(const Sequence* a, int64_t a_running, const Sequence* b, int64_t b_running) const;
   Sequence* next_waiting() const;  // the next to admit, or null
   // When the seats `cand` needs are taken: the newest running sequence of
-  // the group holding the most seats, if it holds at least two more than
-  // `cand`'s group (and, under the priority policy, is not more urgent than
-  // `cand`); null when none.
+  // the group holding the most seats, if that group, without it, still
+  // holds at least as many seats as `cand`'s group with `cand` (and, under
+  // the priority policy, it is not more urgent than `cand`); null when none.
   Sequence* seat_victim(const Sequence* cand) const;
   // When KV blocks run out: the newest running sequence of the group
   // holding the most seats (priority policy: the least urgent, newest).

@@ -336,6 +336,51 @@ TEST(Scheduler, ASequenceReservesSeatsForTheSamplesItWillFork) {
   EXPECT_EQ(sim.sched.seats_used(), 5);
 }
 
+// Sequences of several seats in several groups: the seat rule never moves
+// seats back and forth (it once did inside one schedule(), forever), and
+// everything finishes.
+TEST(Scheduler, WideSequencesInManyGroupsNeverPingPong) {
+  for (uint32_t seed = 1; seed <= 10; ++seed) {
+    std::mt19937 rng(seed);
+    SchedulerConfig cfg;
+    cfg.max_num_seqs = std::uniform_int_distribution<int64_t>(2, 8)(rng);
+    cfg.max_num_batched_tokens = 1 << 20;
+    Sim sim(4096, 16, cfg);
+    int added = 0;
+    int64_t preempted = 0;
+    for (int stepno = 0; stepno < 4000; ++stepno) {
+      if (added < 80 && rng() % 3 == 0) {
+        Sequence* s =
+            sim.add(tokens(int64_t(1 + rng() % 10), int32_t(rng() % 1000)), int64_t(1 + rng() % 20), 0, 1 + rng() % 4);
+        s->seats = int32_t(1 + rng() % std::min<int64_t>(3, cfg.max_num_seqs));
+        ++added;
+      }
+      auto out = sim.step();
+      if (HasFatalFailure()) return;
+      preempted += int64_t(out.preempted.size());
+      ASSERT_LE(int64_t(out.preempted.size()), cfg.max_num_seqs) << "seed " << seed << " step " << stepno;
+      if (added == 80 && sim.sched.num_running() + sim.sched.num_waiting() == 0) break;
+    }
+    EXPECT_EQ(sim.sched.num_running() + sim.sched.num_waiting(), 0) << "seed " << seed;
+    EXPECT_LT(preempted, 200) << "seed " << seed << ": seats thrash between groups";
+  }
+}
+
+TEST(Scheduler, TwoWideGroupsDoNotSwapSeats) {
+  SchedulerConfig cfg;
+  cfg.max_num_seqs = 2;
+  Sim sim(256, 16, cfg);
+  Sequence* b = sim.add(tokens(4, 1), 10, 0, /*group=*/2);
+  b->seats = 2;
+  sim.step();
+  Sequence* a = sim.add(tokens(4, 100), 10, 0, /*group=*/1);
+  a->seats = 2;
+  auto out = sim.step();  // taking b's seats would leave its group with fewer than a's
+  EXPECT_TRUE(out.preempted.empty());
+  EXPECT_EQ(b->status, SeqStatus::Running);
+  EXPECT_EQ(a->status, SeqStatus::Waiting);
+}
+
 // Random fan-out groups: with ample blocks and budget, whenever every seat
 // is taken and a sequence waits, no group holds more than one seat more
 // than the waiting sequence's group; everything finishes.

@@ -276,3 +276,31 @@ test('an API key is enforced when set', async () => {
     assert.equal(code, 0);
   }
 });
+
+test('fan-out limits: 400 over --max-seqs-per-request, 429 with Retry-After, 400 for what can never queue', async () => {
+  const s = await startServer(['--max-num-seqs', '2', '--max-queue', '2', '--max-seqs-per-request', '6']);
+  try {
+    const c = new OpenAI({ apiKey: 'unused', baseURL: s.baseURL, maxRetries: 0, timeout: 120000 });
+    // prompts x n over the per-request cap.
+    await assert.rejects(c.completions.create({ model: 'kite-ref', prompt: ['a', 'b', 'c'], n: 3, max_tokens: 1 }),
+      (e) => e instanceof OpenAI.BadRequestError && e.param === 'n');
+    // 5 sequences can never fit 2 seats + 2 waiting: 400, not "retry later".
+    await assert.rejects(c.completions.create({ model: 'kite-ref', prompt: ['a', 'b', 'c', 'd', 'e'], max_tokens: 1 }),
+      (e) => e instanceof OpenAI.BadRequestError && e.param === 'n');
+    // Fill 2 seats + 2 waiting with long streams; the next request gets 429 + Retry-After.
+    const long = { model: 'kite-ref', prompt: ['x', 'y', 'z', 'w'], max_tokens: 600, ignore_eos: true, stream: true };
+    const stream = await c.completions.create(long);
+    const it = stream[Symbol.asyncIterator]();
+    await it.next();  // the streams are running
+    await assert.rejects(c.completions.create({ model: 'kite-ref', prompt: PROMPT, max_tokens: 1 }), (e) => {
+      assert.ok(e instanceof OpenAI.RateLimitError, `expected 429, got ${e.status}`);
+      const retry = Number(e.headers.get ? e.headers.get('retry-after') : e.headers['retry-after']);
+      assert.ok(retry >= 1 && retry <= 60, `Retry-After ${retry}`);
+      return true;
+    });
+    stream.controller.abort();
+  } finally {
+    const { code } = await s.stop();
+    assert.equal(code, 0);
+  }
+});
