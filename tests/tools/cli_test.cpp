@@ -279,3 +279,89 @@ TEST(Cli, MakeModelWritesALoadableRandomCheckpoint) {
   std::filesystem::remove_all(dir);
   std::filesystem::remove_all(dir2);
 }
+
+namespace {
+// Starts `kite serve` on kite-ref on a free port; returns its pid and port.
+std::pair<pid_t, int> start_serve(const std::string& log) {
+  const std::string cmd = kKite + " serve --model " + kModel +
+                          " --host 127.0.0.1 --port 0 --served-model-name kite-ref --max-model-len 1024 2>" + log +
+                          " & echo $!";
+  FILE* p = popen(cmd.c_str(), "r");
+  int pid = 0;
+  if (std::fscanf(p, "%d", &pid) != 1) pid = 0;
+  pclose(p);
+  for (int i = 0; i < 600; ++i) {
+    const std::string text = std::filesystem::exists(log) ? kite::read_text_file(log) : std::string();
+    const size_t at = text.find("http://127.0.0.1:");
+    if (at != std::string::npos) {
+      int port = std::atoi(text.c_str() + at + 17);
+      if (port > 0) return {pid_t(pid), port};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return {pid_t(pid), 0};
+}
+}  // namespace
+
+TEST(Cli, BenchServeWritesVllmKeysAgainstKiteServe) {
+  auto dir = std::filesystem::temp_directory_path() / ("kite_bench_serve_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto [pid, port] = start_serve((dir / "serve.log").string());
+  ASSERT_GT(port, 0) << kite::read_text_file((dir / "serve.log").string());
+  Result r = run("bench serve --port " + std::to_string(port) + " --model kite-ref --tokenizer " + kModel +
+                 " --dataset-name sharegpt --dataset-path " + KITE_FIXTURES_DIR +
+                 "/bench/sharegpt_small.json --num-prompts 6 --sharegpt-output-len 5 --ignore-eos --request-rate 50"
+                 " --metric-percentiles 50,99 --goodput ttft:60000 --save-result --no-plots --disable-tqdm"
+                 " --result-dir " +
+                 dir.string() + " --result-filename r.json");
+  ::kill(pid, SIGTERM);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("Successful requests:"), std::string::npos) << r.out;
+  std::ifstream f(dir / "r.json");
+  ASSERT_TRUE(f.good()) << r.err;
+  nlohmann::json j = nlohmann::json::parse(f);
+  for (const char* key : {"duration",
+                          "completed",
+                          "total_input_tokens",
+                          "total_output_tokens",
+                          "request_throughput",
+                          "request_goodput",
+                          "output_throughput",
+                          "total_token_throughput",
+                          "mean_ttft_ms",
+                          "median_ttft_ms",
+                          "p99_ttft_ms",
+                          "p50_ttft_ms",
+                          "mean_tpot_ms",
+                          "median_tpot_ms",
+                          "p99_tpot_ms",
+                          "mean_itl_ms",
+                          "median_itl_ms",
+                          "p99_itl_ms",
+                          "input_lens",
+                          "output_lens",
+                          "ttfts",
+                          "itls",
+                          "errors",
+                          "generated_texts",
+                          "date",
+                          "model_id",
+                          "num_prompts",
+                          "request_rate"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_EQ(j["completed"], 6);
+  EXPECT_EQ(j["total_output_tokens"], 30);
+  EXPECT_EQ(j["request_rate"], 50.0);
+  // Bad flags: one line naming the flag, exit 2, nothing written.
+  for (const std::string& bad :
+       {std::string("bench serve --model kite-ref --tokenizer /nonexistent"),
+        std::string("bench serve --model kite-ref --tokenizer ") + kModel + " --request-rate fast",
+        std::string("bench serve --model kite-ref --tokenizer ") + kModel + " --dataset-name sharegpt",
+        std::string("bench serve --model kite-ref --tokenizer ") + kModel + " --base-url https://x:1",
+        std::string("bench serve --model kite-ref --tokenizer ") + kModel + " --goodput ttft"}) {
+    Result b = run(bad);
+    EXPECT_EQ(b.status, 2) << bad << "\n" << b.err;
+    EXPECT_EQ(std::count(b.err.begin(), b.err.end(), '\n'), 1) << bad << "\n" << b.err;
+  }
+  std::filesystem::remove_all(dir);
+}

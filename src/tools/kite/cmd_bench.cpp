@@ -86,12 +86,16 @@ Run add_bench(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   Run throughput = add_bench_throughput(*bench);
+  Run serve = add_bench_serve(*bench);
   c->add_option("--kv-cache-gib", a->kv_cache_gib, "KV pool in GiB; 0 = exactly what the batch needs")
       ->capture_default_str();
   c->add_flag("--json", a->json, "Print one JSON object instead of the table");
   c->add_flag("--enforce-eager", a->enforce_eager, "No CUDA graphs for decode steps");
-  return [a, c, throughput] {
-    if (!c->parsed()) return throughput();
+  return [a, c, throughput, serve] {
+    if (!c->parsed()) {
+      const int rc = serve();
+      return rc == -1 ? throughput() : rc;
+    }
     if (a->batch < 1) fail("--batch", "batch", "{} is invalid; expected at least 1", a->batch);
     auto model = load_model_for(a->model, a->device, a->tensor_parallel_size, a->cluster);
     if (!model) return 0;  // another node of a multi-node job: it served node 0

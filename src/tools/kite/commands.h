@@ -19,6 +19,9 @@ Run add_serve(CLI::App& app);
 Run add_make_model(CLI::App& app);
 // `kite bench throughput`, registered under the bench subcommand.
 Run add_bench_throughput(CLI::App& bench);
+// `kite bench serve`, registered under the bench subcommand; its Run
+// returns -1 when another bench subcommand was chosen.
+Run add_bench_serve(CLI::App& bench);
 // --tensor-parallel-size (vLLM's spelling, also --tp) and the multi-node
 // options --nnodes, --node-rank, --master-addr, --master-port.
 void add_tensor_parallel_option(CLI::App& c, int& size, ClusterSpec& cluster);
