@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/device.h"
@@ -47,6 +48,9 @@ void empty_cache(Device device);
 // reusable too). CPU: physical and available RAM.
 size_t device_total_memory(Device device);
 size_t device_free_memory(Device device);
+// Energy the device has used since its driver loaded, in joules (NVML's
+// counter); nullopt on the CPU or where the counter is unavailable.
+std::optional<double> device_energy_joules(Device device);
 
 // ---- graphs: record a sequence of launches once, replay it with one ------
 //

@@ -126,6 +126,16 @@ size_t device_total_memory(Device device) {
 #endif
 }
 
+std::optional<double> device_energy_joules(Device device) {
+  if (device.is_cpu()) return std::nullopt;
+  require_cuda(device);
+#ifdef KITE_HAVE_CUDA
+  return cuda::device_energy_joules(device.index);
+#else
+  return std::nullopt;
+#endif
+}
+
 size_t device_free_memory(Device device) {
   if (device.is_cpu()) return sysconf_bytes(_SC_AVPHYS_PAGES);
   require_cuda(device);

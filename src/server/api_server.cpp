@@ -153,7 +153,8 @@ struct Server::Impl {
     } else if (p == "/metrics") {
       method("GET");
       content_type = "text/plain; version=0.0.4; charset=utf-8";
-      body = metrics.render(engine.stats(), kv_cache_tokens);
+      body = metrics.render(engine.stats(), kv_cache_tokens,
+                            options.gpu_energy_joules ? options.gpu_energy_joules() : std::nullopt);
     } else if (p == "/v1/models") {
       method("GET");
       body = Json{{"object", "list"}, {"data", Json::array({model_card()})}}.dump();

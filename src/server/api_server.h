@@ -9,8 +9,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +34,9 @@ struct ServerOptions {
   int io_threads = 1;
   std::chrono::milliseconds shutdown_timeout{30000};  // in-flight requests get this long to finish
   bool log_requests = false;                          // one line per API request on stderr
+  // The serving GPU's cumulative energy in joules (NVML), for /metrics;
+  // unset or nullopt: not exported.
+  std::function<std::optional<double>()> gpu_energy_joules;
 };
 
 class Server {

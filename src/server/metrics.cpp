@@ -82,7 +82,8 @@ void ServerMetrics::record_rejected(int status) {
   rejected_[status]++;
 }
 
-std::string ServerMetrics::render(const EngineStats& st, int64_t kv_cache_tokens) const {
+std::string ServerMetrics::render(const EngineStats& st, int64_t kv_cache_tokens,
+                                  std::optional<double> gpu_energy_joules) const {
   std::string o;
   auto gauge = [&](const char* name, const char* help, double v) {
     o += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{}{{{}}} {}\n", name, help, name, name, labels_, v);
@@ -107,6 +108,8 @@ std::string ServerMetrics::render(const EngineStats& st, int64_t kv_cache_tokens
   counter("vllm:prompt_tokens_total", "Prompt tokens processed.", double(st.prompt_tokens));
   counter("vllm:generation_tokens_total", "Tokens generated.", double(st.generation_tokens));
   counter("kite:engine_steps_total", "Engine steps (one batched forward pass each).", double(st.steps));
+  if (gpu_energy_joules)
+    counter("kite:gpu_energy_joules_total", "Energy the GPU used since its driver loaded (NVML).", *gpu_energy_joules);
   counter("kite:engine_forward_seconds_total", "Time spent in forward passes.", st.forward_seconds);
   counter("kite:engine_schedule_seconds_total", "Host time spent scheduling.", st.schedule_seconds);
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,7 +38,10 @@ class ServerMetrics {
   // Requests rejected before reaching the engine, by HTTP status.
   void record_rejected(int status);
   // The Prometheus text exposition (version 0.0.4).
-  std::string render(const EngineStats& stats, int64_t kv_cache_tokens) const;
+  // gpu_energy_joules: the GPU's cumulative energy counter, exported as
+  // kite:gpu_energy_joules_total when given (kite bench serve's power figures).
+  std::string render(const EngineStats& stats, int64_t kv_cache_tokens,
+                     std::optional<double> gpu_energy_joules = std::nullopt) const;
 
  private:
   std::string labels_;  // model_name="..."

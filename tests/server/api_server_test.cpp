@@ -717,6 +717,22 @@ TEST(ApiServer, MetricsCountRequestsTokensAndLatencies) {
   EXPECT_NE(t.find("# TYPE vllm:time_to_first_token_seconds histogram"), std::string::npos);
 }
 
+TEST(ApiServer, GpuEnergyIsExportedOnlyWhenTheServerHasACounter) {
+  {
+    Instance inst;  // the CPU: no counter, no series (never a made-up 0)
+    Client c(inst.port());
+    EXPECT_EQ(c.request("GET", "/metrics").body.find("kite:gpu_energy_joules_total"), std::string::npos);
+  }
+  ServerOptions so;
+  double joules = 1000;
+  so.gpu_energy_joules = [&joules]() -> std::optional<double> { return joules += 250; };
+  Instance inst(so);
+  Client c(inst.port());
+  const std::string text = c.request("GET", "/metrics").body;
+  EXPECT_NE(text.find("# TYPE kite:gpu_energy_joules_total counter"), std::string::npos) << text;
+  EXPECT_EQ(metric(text, "kite:gpu_energy_joules_total"), 1250);
+}
+
 TEST(ApiServer, TokenizeAndDetokenize) {
   Instance inst;
   Client c(inst.port());

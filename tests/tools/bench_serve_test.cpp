@@ -243,6 +243,17 @@ TEST(BenchServe, RequestRatePacing) {
   EXPECT_GE(duration, planned.back());
 }
 
+TEST(BenchServe, ReadsTheServersGpuEnergyCounter) {
+  server::ServerOptions so;
+  so.gpu_energy_joules = []() -> std::optional<double> { return 4321.5; };
+  server::test::Instance inst(so);
+  const Endpoint at = parse_endpoint("http://127.0.0.1:" + std::to_string(inst.port()), "/v1/completions");
+  EXPECT_DOUBLE_EQ(energy_joules(at, ""), 4321.5);
+  server::test::Instance cpu;
+  EXPECT_TRUE(std::isnan(
+      energy_joules(parse_endpoint("http://127.0.0.1:" + std::to_string(cpu.port()), "/v1/completions"), "")));
+}
+
 // Failures are counted, never fatal: a server that refuses every request,
 // and no server at all.
 TEST(BenchServe, FailuresAreCountedNotFatal) {

@@ -3,6 +3,7 @@
 // C++: no CUDA headers here).
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "backend/backend.h"
@@ -30,6 +31,9 @@ void reset_peak_memory(int device_index);
 void empty_cache(int device_index);
 size_t device_total_memory(int device_index);
 size_t device_free_memory(int device_index);
+// NVML's total energy counter in joules (energy.cpp); nullopt when NVML or
+// the counter is unavailable.
+std::optional<double> device_energy_joules(int device_index);
 
 // Graph capture on the device's stream (backend.h's DeviceGraph).
 void begin_capture(int device_index);

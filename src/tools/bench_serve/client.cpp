@@ -300,4 +300,18 @@ std::string http_get(const Endpoint& at, const std::string& path, const std::str
   }
 }
 
+double energy_joules(const Endpoint& at, const std::string& api_key) {
+  const std::string text = http_get(at, "/metrics", api_key);
+  const std::string name = "\nkite:gpu_energy_joules_total";
+  const size_t p = text.find(name);
+  if (p == std::string::npos) return std::nan("");
+  const size_t v = text.find("} ", p + name.size());
+  if (v == std::string::npos) return std::nan("");
+  try {
+    return std::stod(text.substr(v + 2));
+  } catch (const std::exception&) {
+    return std::nan("");
+  }
+}
+
 }  // namespace kite::bench

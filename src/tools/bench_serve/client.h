@@ -69,4 +69,8 @@ std::vector<RequestResult> run_requests(const ClientOptions& client, const RunOp
 // GET on the server's root (e.g. "/metrics"); empty on any failure.
 std::string http_get(const Endpoint& at, const std::string& path, const std::string& api_key);
 
+// The server's cumulative GPU energy (kite:gpu_energy_joules_total on
+// /metrics), or NaN when it reports none.
+double energy_joules(const Endpoint& at, const std::string& api_key);
+
 }  // namespace kite::bench

@@ -45,21 +45,6 @@ struct Args {
   std::string result_dir = ".", result_filename;
 };
 
-// The server's cumulative GPU energy (kite:gpu_energy_joules_total), or NaN.
-double energy_joules(const bench::Endpoint& at, const std::string& key) {
-  const std::string text = bench::http_get(at, "/metrics", key);
-  const std::string name = "\nkite:gpu_energy_joules_total";
-  const size_t p = text.find(name);
-  if (p == std::string::npos) return std::nan("");
-  size_t v = text.find(' ', p + name.size());
-  if (v == std::string::npos) return std::nan("");
-  try {
-    return std::stod(text.substr(v + 1));
-  } catch (const std::exception&) {
-    return std::nan("");
-  }
-}
-
 std::string timestamp() {
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -144,10 +129,10 @@ int run(const Args& a) {
                    std::string(size_t(width - filled), ' ').c_str(), done, total, tty && done != total ? "" : "\n");
     };
 
-  const double e0 = energy_joules(client.endpoint, client.api_key);
+  const double e0 = bench::energy_joules(client.endpoint, client.api_key);
   double duration = 0;
   const auto results = bench::run_requests(client, run, prompts, duration);
-  const double e1 = energy_joules(client.endpoint, client.api_key);
+  const double e1 = bench::energy_joules(client.endpoint, client.api_key);
 
   nlohmann::json m = bench::compute_metrics(results, duration, report, tok.get());
   if (std::isfinite(e0) && std::isfinite(e1) && e1 > e0 && duration > 0) {

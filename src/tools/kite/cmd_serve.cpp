@@ -170,6 +170,8 @@ int run_serve(const ServeArgs& a) {
   so.http.max_body_bytes = size_t(a.max_body_mb) << 20;
   so.api_key = a.api_key;
   so.max_seqs_per_request = a.max_seqs_per_request;
+  if (const Device dev = model->device(); !dev.is_cpu() && device_energy_joules(dev))
+    so.gpu_energy_joules = [dev] { return device_energy_joules(dev); };
   if (so.api_key.empty())
     if (const char* k = std::getenv("KITE_API_KEY")) so.api_key = k;
   so.io_threads = a.io_threads;
