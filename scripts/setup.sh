@@ -8,7 +8,7 @@ pkgs=(
   nlohmann-json3-dev libpcre2-dev libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev libboost1.81-dev
   clang libclang-rt-14-dev clang-format
-  gnuplot-nox
+  gnuplot-nox libicu-dev unicode-data bzip2
 )
 missing=()
 for p in "${pkgs[@]}"; do

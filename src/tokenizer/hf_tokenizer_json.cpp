@@ -3,8 +3,8 @@
 //
 // Supported: model BPE (vocab + merges as "a b" strings or ["a", "b"] pairs,
 // byte_fallback, fuse_unk, ignore_merges, unk_token); normalizers Sequence,
-// Prepend, Replace, Lowercase, NFC (treated as identity: exact for text that
-// is already NFC, which is what almost all text is); pre-tokenizers Sequence,
+// Prepend, Replace, Lowercase, NFC, NFD, NFKC, NFKD (ICU; refused in a build
+// without it); pre-tokenizers Sequence,
 // ByteLevel, Split, Digits, Metaspace, Whitespace, WhitespaceSplit,
 // Punctuation; decoders Sequence, ByteLevel, Replace, ByteFallback, Fuse,
 // Strip, Metaspace; post-processors TemplateProcessing, ByteLevel,
@@ -97,8 +97,16 @@ class JsonLoader {
         ops.push_back({NormOp::ReplaceRegex, {}, content, pattern(j, field)});
     } else if (type == "Lowercase") {
       ops.push_back({NormOp::Lowercase, {}, {}, nullptr});
-    } else if (type == "NFC") {
-      ops.push_back({NormOp::Identity, {}, {}, nullptr});
+    } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+      if (!have_unicode_normalization())
+        bad(field + ".type", fmt::format("normalizer {:?} needs ICU, which this build of Kite lacks; rebuild with "
+                                         "libicu-dev installed (scripts/setup.sh)",
+                                         type));
+      const NormOp::Kind k = type == "NFC"    ? NormOp::Nfc
+                             : type == "NFD"  ? NormOp::Nfd
+                             : type == "NFKC" ? NormOp::Nfkc
+                                              : NormOp::Nfkd;
+      ops.push_back({k, {}, {}, nullptr});
     } else {
       bad(field + ".type", fmt::format("normalizer {:?} is not supported", type));
     }

@@ -1,5 +1,6 @@
-// Normalizers: Prepend, Replace (string or regex), Lowercase, and
-// SentencePiece's remove_extra_whitespaces.
+// Normalizers: Prepend, Replace (string or regex), Lowercase, the Unicode
+// normalization forms (unicode_normalization.cpp) and SentencePiece's
+// remove_extra_whitespaces.
 #include "core/error.h"
 #include "tokenizer/tokenizer_impl.h"
 
@@ -29,6 +30,10 @@ std::string normalize(const std::vector<NormOp>& ops, std::string_view text) {
   for (const NormOp& op : ops) {
     switch (op.kind) {
       case NormOp::Identity: break;
+      case NormOp::Nfc:
+      case NormOp::Nfd:
+      case NormOp::Nfkc:
+      case NormOp::Nfkd: s = unicode_normalize(op.kind, s); break;
       case NormOp::Prepend:
         if (!s.empty()) s.insert(0, op.a);
         break;
@@ -73,8 +78,7 @@ std::string normalize(const std::vector<NormOp>& ops, std::string_view text) {
             out += s[pos++];
             continue;
           }
-          const uint32_t cp = to_lower(st.cp);
-          append_utf8(out, cp);
+          if (st.cp < 0x80 || !unicode_lower(st.cp, out)) append_utf8(out, to_lower(st.cp));
           pos += st.len;
         }
         s = std::move(out);

@@ -109,11 +109,16 @@ struct AddedToken {
 // ---- normalizer / pre-tokenizer ------------------------------------------------
 
 struct NormOp {
-  enum Kind { Prepend, Replace, ReplaceRegex, Lowercase, Identity, RemoveExtraSpaces } kind;
+  enum Kind { Prepend, Replace, ReplaceRegex, Lowercase, Identity, RemoveExtraSpaces, Nfc, Nfd, Nfkc, Nfkd } kind;
   std::string a, b;  // Prepend: a; Replace: a -> b
   std::shared_ptr<Regex> re;
 };
 std::string normalize(const std::vector<NormOp>& ops, std::string_view text);
+// Unicode normalization forms (ICU); false when this build has no ICU.
+bool have_unicode_normalization();
+std::string unicode_normalize(NormOp::Kind form, std::string_view text);  // form: Nfc, Nfd, Nfkc or Nfkd
+// Appends the full lowercase mapping of `cp`; false (nothing appended) without ICU.
+bool unicode_lower(uint32_t cp, std::string& out);
 void replace_all(std::string& s, std::string_view from, std::string_view to);
 
 enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };

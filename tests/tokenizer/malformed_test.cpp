@@ -53,8 +53,8 @@ TEST(MalformedJson, Errors) {
       "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "a"},
                         "behavior": "Sideways"}]}})",
                     "pre_tokenizer.pretokenizers[0].behavior", "Sideways");
-  expect_json_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "normalizer": {"type": "NFKD"}})",
-                    "normalizer.type", "NFKD");
+  expect_json_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "normalizer": {"type": "BertNormalizer"}})",
+                    "normalizer.type", "BertNormalizer");
   expect_json_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "decoder": {"type": "CTC"}})", "decoder.type",
                     "CTC");
   expect_json_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "added_tokens": [{"id": 1}]})",
