@@ -9,9 +9,13 @@
 // Punctuation; decoders Sequence, ByteLevel, Replace, ByteFallback, Fuse,
 // Strip, Metaspace; post-processors TemplateProcessing, ByteLevel,
 // RobertaProcessing, BertProcessing, Sequence.
+#include <array>
+#include <atomic>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/parallel.h"
+#include "tokenizer/hf_json_tables.h"
 #include "tokenizer/tokenizer_impl.h"
 
 namespace kite::tok {
@@ -271,10 +275,16 @@ class JsonLoader {
 
 }  // namespace
 
-std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::string& source) {
+std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::string& source, bool fast_tables) {
+  // The vocabulary and merges through the fast scanner when they are plain
+  // (hf_json_tables.h); anything unusual takes the whole-document parse,
+  // whose checks below name the field.
+  BpeTables tables;
+  std::string rest;
+  const bool fast = fast_tables && split_bpe_tables(text, tables, rest);
   json j;
   try {
-    j = json::parse(text);
+    j = json::parse(fast ? std::string_view(rest) : text);
   } catch (const json::exception& e) {
     fail(source, "", "not valid JSON: {}", e.what());
   }
@@ -298,33 +308,42 @@ std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::st
   Vocab& v = spec->vocab;
 
   // Ids: model vocab plus added tokens.
-  const json& vocab = model["vocab"];
+  if (!fast) {
+    const json& vocab = model["vocab"];
+    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+      if (!it.value().is_number_integer())
+        L.bad("model.vocab." + it.key(), fmt::format("expected an integer id, found {}", it.value().type_name()));
+      tables.vocab.emplace_back(it.key(), it.value().get<int64_t>());
+    }
+  }
   const json empty = json::array();
   const json& added = j.contains("added_tokens") && !j["added_tokens"].is_null() ? j["added_tokens"] : empty;
   if (!added.is_array()) L.bad("added_tokens", "expected an array");
-  const size_t n_entries = vocab.size() + added.size();
+  const size_t n_entries = tables.vocab.size() + added.size();
   int64_t max_id = -1;
-  auto check_id = [&](const json& id, const std::string& field) {
-    if (!id.is_number_integer()) L.bad(field, fmt::format("expected an integer id, found {}", id.type_name()));
-    const int64_t x = id.get<int64_t>();
+  auto check_range = [&](int64_t x, auto field) {
     if (x < 0 || x > static_cast<int64_t>(2 * n_entries + 1024))
-      L.bad(field, fmt::format("id {} is out of range for {} entries", x, n_entries));
+      L.bad(field(), fmt::format("id {} is out of range for {} entries", x, n_entries));
     max_id = std::max(max_id, x);
-    return static_cast<int32_t>(x);
   };
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) check_id(it.value(), "model.vocab." + it.key());
+  for (const auto& [piece, id] : tables.vocab) check_range(id, [&] { return "model.vocab." + piece; });
   for (size_t i = 0; i < added.size(); ++i) {
     if (!added[i].is_object()) L.bad(fmt::format("added_tokens[{}]", i), "expected an object");
-    check_id(L.object_field(added[i], fmt::format("added_tokens[{}]", i), "id"), fmt::format("added_tokens[{}].id", i));
+    const json& id = L.object_field(added[i], fmt::format("added_tokens[{}]", i), "id");
+    const std::string field = fmt::format("added_tokens[{}].id", i);
+    if (!id.is_number_integer()) L.bad(field, fmt::format("expected an integer id, found {}", id.type_name()));
+    check_range(id.get<int64_t>(), [&] { return field; });
   }
   if (max_id < 0) L.bad("model.vocab", "is empty");
   v.pieces.assign(max_id + 1, {});
   v.attrs.assign(max_id + 1, TokenAttr::Absent);
   v.special.assign(max_id + 1, 0);
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int32_t id = static_cast<int32_t>(it.value().get<int64_t>());
-    v.pieces[id] = it.key();
-    v.attrs[id] = TokenAttr::Normal;
+  for (auto& [piece, id] : tables.vocab) {
+    // Two keys with one id: nlohmann's map decides which one stays; the
+    // whole-document reader keeps that rule (rare; never in real files).
+    if (fast && v.attrs[size_t(id)] == TokenAttr::Normal) return load_hf_json(text, source, false);
+    v.pieces[size_t(id)] = std::move(piece);
+    v.attrs[size_t(id)] = TokenAttr::Normal;
   }
   for (size_t i = 0; i < added.size(); ++i) {
     const std::string f = fmt::format("added_tokens[{}]", i);
@@ -342,6 +361,16 @@ std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::st
     spec->added.push_back(std::move(t));
   }
   v.finish(true);
+  if (fast) {
+    // A key given twice: JSON's last value wins, as in the whole-document
+    // reader; the scanner kept both, so leave the rare case to that reader.
+    std::atomic<bool> duplicate{false};
+    parallel_for(v.size(), 8192, [&](int64_t lo, int64_t hi) {
+      for (int64_t id = lo; id < hi && !duplicate; ++id)
+        if (v.attrs[size_t(id)] == TokenAttr::Normal && v.find(v.pieces[size_t(id)]) != int32_t(id)) duplicate = true;
+    });
+    if (duplicate) return load_hf_json(text, source, false);
+  }
 
   // Model.
   BpeOptions opts;
@@ -354,35 +383,48 @@ std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::st
     if (!opts.unk_id) L.bad("model.unk_token", fmt::format("token {:?} is not in the vocabulary", unk));
   }
   auto bpe = std::make_unique<BpeModel>(spec->vocab, opts);
-  if (model.contains("merges") && !model["merges"].is_null()) {
+  if (!fast && model.contains("merges") && !model["merges"].is_null()) {
     const json& merges = model["merges"];
     if (!merges.is_array()) L.bad("model.merges", "expected an array");
-    std::string joined;
     for (size_t i = 0; i < merges.size(); ++i) {
       const std::string f = fmt::format("model.merges[{}]", i);
       const json& m = merges[i];
-      std::string a, b;
       if (m.is_string()) {
         const std::string s = m.get<std::string>();
         const size_t sp = s.find(' ', 1);
         if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
           L.bad(f, fmt::format("expected \"left right\" with one space, found {:?}", s));
-        a = s.substr(0, sp);
-        b = s.substr(sp + 1);
+        tables.merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
       } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-        a = m[0].get<std::string>();
-        b = m[1].get<std::string>();
+        tables.merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
       } else {
         L.bad(f, "expected \"left right\" or [\"left\", \"right\"]");
       }
-      auto ia = v.find(a), ib = v.find(b);
-      joined = a + b;
-      auto im = v.find(joined);
-      if (!ia) L.bad(f, fmt::format("token {:?} is not in the vocabulary", a));
-      if (!ib) L.bad(f, fmt::format("token {:?} is not in the vocabulary", b));
-      if (!im) L.bad(f, fmt::format("merged token {:?} is not in the vocabulary", joined));
-      bpe->add_merge(*ia, *ib, *im, static_cast<int32_t>(i));
     }
+  }
+  // Resolve the merges' ids on every core (read-only lookups, memory
+  // bound), then insert them in rank order.
+  const size_t n_merges = tables.merges.size();
+  std::vector<std::array<int32_t, 3>> ids(n_merges);
+  parallel_for(int64_t(n_merges), 4096, [&](int64_t lo, int64_t hi) {
+    std::string joined;
+    for (int64_t i = lo; i < hi; ++i) {
+      const auto& [a, b] = tables.merges[size_t(i)];
+      joined.assign(a).append(b);
+      ids[size_t(i)] = {v.find(a).value_or(-1), v.find(b).value_or(-1), v.find(joined).value_or(-1)};
+    }
+  });
+  bpe->reserve_merges(n_merges);
+  for (size_t i = 0; i < n_merges; ++i) {
+    const auto& [ia, ib, im] = ids[i];
+    if (ia < 0 || ib < 0 || im < 0) {
+      const auto& [a, b] = tables.merges[i];
+      const std::string f = fmt::format("model.merges[{}]", i);
+      if (ia < 0) L.bad(f, fmt::format("token {:?} is not in the vocabulary", a));
+      if (ib < 0) L.bad(f, fmt::format("token {:?} is not in the vocabulary", b));
+      L.bad(f, fmt::format("merged token {:?} is not in the vocabulary", a + b));
+    }
+    bpe->add_merge(ia, ib, im, static_cast<int32_t>(i));
   }
   spec->model = std::move(bpe);
 

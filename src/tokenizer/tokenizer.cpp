@@ -43,12 +43,22 @@ void Vocab::finish(bool byte_by_name) {
   const size_t n = pieces.size();
   attrs.resize(n, TokenAttr::Normal);
   special.resize(n, 0);
-  index.clear();
-  index.reserve(n);
+  size_t cap = 16;
+  while (cap < 2 * n) cap *= 2;
+  index.assign(cap, 0);
+  const uint64_t mask = cap - 1;
   byte_ids.fill(-1);
   for (size_t i = 0; i < n; ++i) {
     if (attrs[i] == TokenAttr::Absent) continue;
-    index.emplace(pieces[i], static_cast<int32_t>(i));  // keeps the first id of a duplicate
+    const uint64_t h = std::hash<std::string_view>{}(pieces[i]);
+    for (uint64_t at = h & mask;; at = (at + 1) & mask) {
+      uint64_t& slot = index[at];
+      if (slot == 0) {
+        slot = ((h >> 32) << 32) | uint64_t(i + 1);
+        break;
+      }
+      if ((slot >> 32) == (h >> 32) && pieces[uint32_t(slot) - 1] == pieces[i]) break;  // keeps the first id
+    }
     if (attrs[i] == TokenAttr::Byte || byte_by_name) {
       if (auto b = parse_byte_piece(pieces[i]); b && byte_ids[*b] < 0) byte_ids[*b] = static_cast<int32_t>(i);
     }

@@ -83,16 +83,26 @@ struct Vocab {
   std::vector<float> scores;        // SentencePiece scores (empty for rank BPE)
   std::vector<TokenAttr> attrs;
   std::vector<uint8_t> special;  // 1 = special (skipped by decode(skip_special))
-  std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> index;
+  // piece -> id: open addressing over a power-of-two table of at least
+  // twice the pieces; a slot holds (hash high 32 bits << 32) | (id + 1), 0 =
+  // empty. No per-piece allocation, one probe sequence per lookup.
+  std::vector<uint64_t> index;
   std::array<int32_t, 256> byte_ids;  // <0xXX> pieces, -1 when absent
 
   // Builds `index` and `byte_ids` (byte pieces: attr Byte, or any "<0xXX>"
   // when `byte_by_name`). Earlier ids win for duplicate pieces.
   void finish(bool byte_by_name);
   std::optional<int32_t> find(std::string_view piece) const {
-    auto it = index.find(piece);
-    if (it == index.end()) return std::nullopt;
-    return it->second;
+    if (index.empty()) return std::nullopt;
+    const uint64_t h = std::hash<std::string_view>{}(piece), mask = index.size() - 1;
+    for (uint64_t at = h & mask;; at = (at + 1) & mask) {
+      const uint64_t slot = index[at];
+      if (slot == 0) return std::nullopt;
+      if ((slot >> 32) == (h >> 32)) {
+        const int32_t id = int32_t(uint32_t(slot)) - 1;
+        if (pieces[size_t(id)] == piece) return id;
+      }
+    }
   }
   int32_t size() const { return static_cast<int32_t>(pieces.size()); }
 };
@@ -159,6 +169,7 @@ class BpeModel final : public Model {
   BpeModel(const Vocab& vocab, BpeOptions opts) : vocab_(vocab), opts_(opts) {}
   // Later duplicates of a pair replace earlier ones (as HF does).
   void add_merge(int32_t a, int32_t b, int32_t merged, int32_t rank);
+  void reserve_merges(size_t n) { merges_.reserve(n); }
   void encode_word(std::string_view word, std::vector<int32_t>& out) const override;
 
  private:
@@ -247,7 +258,10 @@ class PipelineTokenizer final : public Tokenizer {
 
 // ---- loaders --------------------------------------------------------------------
 
-std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::string& source);
+// fast_tables: read model.vocab and model.merges with the dedicated scanner
+// when they are plain (hf_json_tables.h); false: the whole document through
+// nlohmann::json (tests compare the two).
+std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::string& source, bool fast_tables = true);
 std::unique_ptr<TokenizerSpec> load_sentencepiece(std::string_view bytes, const std::string& source);
 std::unique_ptr<TokenizerSpec> load_gguf_vocab(const std::string& path);
 
