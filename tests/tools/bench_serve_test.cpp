@@ -21,6 +21,15 @@ const std::string kShareGpt = std::string(KITE_FIXTURES_DIR) + "/bench/sharegpt_
 
 const Tokenizer& tok() { return *server::test::shared().tok; }
 
+// Options for `model` on an in-process server's completions route.
+ClientOptions client_for(const server::test::Instance& inst, const std::string& model,
+                         const std::string& route = "/v1/completions") {
+  ClientOptions c;
+  c.endpoint = parse_endpoint("http://127.0.0.1:" + std::to_string(inst.port()), route);
+  c.model = model;
+  return c;
+}
+
 double metric(const std::string& text, const std::string& name) {
   std::smatch m;
   std::regex re("(^|\\n)" + std::regex_replace(name, std::regex(":"), ":") + R"(\{[^}]*\} ([0-9.eE+-]+))");
@@ -173,9 +182,7 @@ TEST(BenchServe, RandomAndJsonlDatasets) {
 // server's own counters, every request completes, the concurrency cap holds.
 TEST(BenchServe, RunAgainstKiteServeCountsWhatTheServerCounts) {
   server::test::Instance inst;
-  ClientOptions c;
-  c.endpoint = parse_endpoint("http://127.0.0.1:" + std::to_string(inst.port()), "/v1/completions");
-  c.model = "kite-ref";
+  ClientOptions c = client_for(inst, "kite-ref");
   c.ignore_eos = true;
   auto prompts = sample_sharegpt(kShareGpt, 12, tok(), 0, 6);
   auto more = sample_random(12, 24, 5, 0.3, tok(), 1);
@@ -216,7 +223,7 @@ TEST(BenchServe, RunAgainstKiteServeCountsWhatTheServerCounts) {
   EXPECT_FALSE(throughput_over_time(results, 0.5).empty());
 
   // The chat route too.
-  c.endpoint = parse_endpoint("http://127.0.0.1:" + std::to_string(inst.port()), "/v1/chat/completions");
+  c.endpoint = client_for(inst, "kite-ref", "/v1/chat/completions").endpoint;
   std::vector<BenchPrompt> two(prompts.begin(), prompts.begin() + 2);
   results = run_requests(c, RunOptions{}, two, duration);
   for (const RequestResult& r : results) EXPECT_TRUE(r.success) << r.error;
@@ -226,9 +233,7 @@ TEST(BenchServe, RunAgainstKiteServeCountsWhatTheServerCounts) {
 // loaded 2-core CI machine), and the run lasts at least until the last one.
 TEST(BenchServe, RequestRatePacing) {
   server::test::Instance inst;
-  ClientOptions c;
-  c.endpoint = parse_endpoint("http://127.0.0.1:" + std::to_string(inst.port()), "/v1/completions");
-  c.model = "kite-ref";
+  const ClientOptions c = client_for(inst, "kite-ref");
   std::vector<BenchPrompt> prompts(30, BenchPrompt{"The kernel scheduler", 4, 2});
   RunOptions run;
   run.request_rate = 20;
@@ -258,9 +263,7 @@ TEST(BenchServe, ReadsTheServersGpuEnergyCounter) {
 // and no server at all.
 TEST(BenchServe, FailuresAreCountedNotFatal) {
   server::test::Instance inst;
-  ClientOptions c;
-  c.endpoint = parse_endpoint("http://127.0.0.1:" + std::to_string(inst.port()), "/v1/completions");
-  c.model = "no-such-model";
+  ClientOptions c = client_for(inst, "no-such-model");
   std::vector<BenchPrompt> prompts(4, BenchPrompt{"Hello", 2, 3});
   double duration = 0;
   auto results = run_requests(c, RunOptions{}, prompts, duration);
