@@ -280,8 +280,23 @@ void setup_spm_pipeline(TokenizerSpec& spec, bool add_dummy_prefix, bool remove_
 
 namespace {
 
-// tokenizer_config.json: bos/eos token strings and add_bos_token/add_eos_token.
-void apply_tokenizer_config(TokenizerSpec& spec, const std::string& path) {
+// Whether transformers applies add_bos_token/add_eos_token for this
+// tokenizer: slow (SentencePiece) tokenizers always do; of the fast ones,
+// only the classes that rebuild their post-processor from those flags
+// (LlamaTokenizerFast and its kin). For every other class tokenizer.json's
+// post-processor alone decides what is added.
+bool config_flags_apply(const nlohmann::json& j, bool from_sentencepiece) {
+  if (from_sentencepiece) return true;
+  std::string cls = j.contains("tokenizer_class") && j["tokenizer_class"].is_string()
+                        ? j["tokenizer_class"].get<std::string>()
+                        : std::string();
+  if (cls.ends_with("Fast")) cls.resize(cls.size() - 4);
+  return cls == "LlamaTokenizer" || cls == "CodeLlamaTokenizer" || cls == "GemmaTokenizer" || cls == "CohereTokenizer";
+}
+
+// tokenizer_config.json: bos/eos token strings and add_bos_token/add_eos_token
+// (where transformers applies them: config_flags_apply).
+void apply_tokenizer_config(TokenizerSpec& spec, const std::string& path, bool from_sentencepiece) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_text_file(path));
@@ -310,6 +325,10 @@ void apply_tokenizer_config(TokenizerSpec& spec, const std::string& path) {
     if (!j[key].is_boolean()) fail(path, key, "expected a boolean, found {}", j[key].type_name());
     return j[key].get<bool>();
   };
+  if (!config_flags_apply(j, from_sentencepiece)) {
+    for (const char* key : {"add_bos_token", "add_eos_token"}) flag(key);  // still type-checked
+    return;
+  }
   if (auto add = flag("add_bos_token")) {
     if (*add && !spec.bos) fail(path, "add_bos_token", "is true but there is no bos_token");
     spec.prefix_ids.clear();
@@ -339,13 +358,14 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
     const std::string model = (fs::path(path) / "tokenizer.model").string();
     const std::string config = (fs::path(path) / "tokenizer_config.json").string();
     std::unique_ptr<tok::TokenizerSpec> spec;
-    if (file_exists(json))
+    const bool from_json = file_exists(json);
+    if (from_json)
       spec = tok::load_hf_json(read_text_file(json), json);
     else if (file_exists(model))
       spec = tok::load_sentencepiece(tok::read_binary(model), model);
     else
       fail(path, "", "directory has neither tokenizer.json nor tokenizer.model");
-    if (file_exists(config)) tok::apply_tokenizer_config(*spec, config);
+    if (file_exists(config)) tok::apply_tokenizer_config(*spec, config, !from_json);
     return std::make_unique<tok::PipelineTokenizer>(std::move(spec));
   }
   if (!file_exists(path)) fail(path, "", "no such file or directory");
@@ -359,14 +379,15 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
     return std::make_unique<tok::PipelineTokenizer>(tok::load_gguf_vocab(path));
   const size_t first = head.find_first_not_of(" \t\r\n");
   std::unique_ptr<tok::TokenizerSpec> spec;
-  if (ext == ".json" || (first != std::string::npos && head[first] == '{'))
+  const bool from_json = ext == ".json" || (first != std::string::npos && head[first] == '{');
+  if (from_json)
     spec = tok::load_hf_json(read_text_file(path), path);
   else
     spec = tok::load_sentencepiece(tok::read_binary(path), path);
   // A tokenizer file inside a model directory: honour its tokenizer_config.json.
   const std::string config = (fs::path(path).parent_path() / "tokenizer_config.json").string();
   if (fs::path(path).filename() != "tokenizer_config.json" && file_exists(config))
-    tok::apply_tokenizer_config(*spec, config);
+    tok::apply_tokenizer_config(*spec, config, !from_json);
   return std::make_unique<tok::PipelineTokenizer>(std::move(spec));
 }
 
