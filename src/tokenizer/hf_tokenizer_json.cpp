@@ -326,7 +326,7 @@ std::unique_ptr<TokenizerSpec> load_hf_json(std::string_view text, const std::st
       L.bad(field(), fmt::format("id {} is out of range for {} entries", x, n_entries));
     max_id = std::max(max_id, x);
   };
-  for (const auto& [piece, id] : tables.vocab) check_range(id, [&] { return "model.vocab." + piece; });
+  for (const auto& entry : tables.vocab) check_range(entry.second, [&] { return "model.vocab." + entry.first; });
   for (size_t i = 0; i < added.size(); ++i) {
     if (!added[i].is_object()) L.bad(fmt::format("added_tokens[{}]", i), "expected an object");
     const json& id = L.object_field(added[i], fmt::format("added_tokens[{}]", i), "id");
