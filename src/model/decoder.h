@@ -178,11 +178,12 @@ class DecoderModel : public Model {
 };
 
 // Reads a Hugging Face model directory or a .gguf file (model/loader.cpp).
-LoadedCheckpoint load_checkpoint(const std::string& path);
+// quantization: see LoadOptions (empty: as stored).
+LoadedCheckpoint load_checkpoint(const std::string& path, const std::string& quantization = "");
 
 // Builds the DecoderModel of `path` on `device` (loading the weights on
 // the host first).
-std::unique_ptr<Model> load_model_on(const std::string& path, Device device);
+std::unique_ptr<Model> load_model_on(const std::string& path, Device device, const std::string& quantization = "");
 // load_model for a checkpoint that must be a DecoderModel (what the
 // calibration and tensor-parallel paths build from); kite::Error naming
 // `purpose` else.

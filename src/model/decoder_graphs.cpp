@@ -69,8 +69,8 @@ void DecoderModel::prepare(PagedKvCache& cache, int64_t max_num_seqs, int64_t ma
   bool linears_graph_safe = true;
   for (const Layer& l : layers_)
     for (const Linear& lin : l.linears) linears_graph_safe = linears_graph_safe && lin.graph_safe();
-  if (enforce_eager || max_num_seqs < 1 || device_.is_cpu() || (tp_.comm && !tp_.comm->graph_safe()) ||
-      dynamic_rope_ || !linears_graph_safe)
+  if (enforce_eager || max_num_seqs < 1 || device_.is_cpu() || (tp_.comm && !tp_.comm->graph_safe()) || dynamic_rope_ ||
+      !linears_graph_safe)
     return;
   const int64_t B = max_num_seqs;
   graph_max_blocks_ = (max_model_len + cache.block_size() - 1) / cache.block_size();
@@ -185,9 +185,10 @@ double DecoderModel::graph_step_ms(int64_t batch, int reps) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-std::unique_ptr<Model> load_model_on(const std::string& path, Device device) {
+std::unique_ptr<Model> load_model_on(const std::string& path, Device device, const std::string& quantization) {
   LoadOptions o;
   o.device = device;
+  o.quantization = quantization;
   return load_model(path, o);
 }
 

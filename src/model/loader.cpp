@@ -1,4 +1,5 @@
 // load_model: Hugging Face directories (safetensors) and GGUF files.
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -10,6 +11,7 @@
 #include "formats/safetensors.h"
 #include "model/arch/arch.h"
 #include "model/decoder.h"
+#include "model/quantize_at_load.h"
 #include "model/quantized_checkpoint.h"
 
 namespace kite {
@@ -193,7 +195,8 @@ LoadedCheckpoint load_gguf(const std::string& path) {
 
 }  // namespace
 
-LoadedCheckpoint load_checkpoint(const std::string& path) {
+namespace {
+LoadedCheckpoint load_stored(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(path, ec)) fail(path, "model", "no such file or directory (expected a model directory or a .gguf)");
@@ -202,9 +205,18 @@ LoadedCheckpoint load_checkpoint(const std::string& path) {
   if (path.ends_with("config.json")) return load_hf(fs::path(path).parent_path().string());
   fail(path, "model", "expected a Hugging Face model directory (config.json + *.safetensors) or a .gguf file");
 }
+}  // namespace
+
+LoadedCheckpoint load_checkpoint(const std::string& path, const std::string& quantization) {
+  if (!quantization.empty()) quantization_spec(quantization);  // a bad name fails before the weights are read
+  LoadedCheckpoint c = load_stored(path);
+  if (!quantization.empty())
+    std::fprintf(stderr, "kite: %s\n", quantize_linears_at_load(*c.weights, quantization, path).c_str());
+  return c;
+}
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options) {
-  LoadedCheckpoint c = load_checkpoint(path);
+  LoadedCheckpoint c = load_checkpoint(path, options.quantization);
   return std::make_unique<DecoderModel>(std::move(c.config), std::move(c.path), std::move(c.weights), options.device);
 }
 

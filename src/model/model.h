@@ -90,6 +90,9 @@ struct BatchInput {
 
 struct LoadOptions {
   Device device = kCpu;
+  // fp8, int8, int4 or nf4: quantize an unquantized checkpoint's linears at
+  // load (model/quantize_at_load.h); empty: run the checkpoint as it is.
+  std::string quantization;
 };
 
 class Model {

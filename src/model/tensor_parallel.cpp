@@ -315,7 +315,8 @@ std::vector<Device> local_devices(Device first, int local) {
 
 // Multi-node start-up: node 0 accepts the other nodes, hands out the NCCL
 // id (CUDA) and builds the communicators with them.
-std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int size, const ClusterSpec& k) {
+std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int size, const ClusterSpec& k,
+                                    const std::string& quantization) {
   const char* src = "tensor_parallel";
   if (k.nnodes < 1 || k.node_rank < 0 || k.node_rank >= k.nnodes)
     fail(src, "node_rank", "node {} of {} is invalid; expected 0 to nnodes - 1", k.node_rank, k.nnodes);
@@ -326,7 +327,7 @@ std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int s
   if (first.is_cpu() && local != 1)
     fail(src, "tensor_parallel_size",
          "on the CPU a multi-node job runs one rank per node; use --tensor-parallel-size {}", k.nnodes);
-  const LoadedCheckpoint dec = load_checkpoint(path);
+  const LoadedCheckpoint dec = load_checkpoint(path, quantization);
   const std::vector<Device> devices = local_devices(first, local);
   std::vector<Socket> nodes;  // node 0: to nodes 1 ..
   Socket to_node0;            // other nodes
@@ -364,12 +365,12 @@ std::unique_ptr<Model> load_cluster(const std::string& path, Device first, int s
 
 }  // namespace
 
-std::unique_ptr<Model> load_model_parallel(const std::string& path, Device first, int size,
-                                           const ClusterSpec& cluster) {
+std::unique_ptr<Model> load_model_parallel(const std::string& path, Device first, int size, const ClusterSpec& cluster,
+                                           const std::string& quantization) {
   if (size < 1) fail("kite", "tensor_parallel_size", "{} is invalid; expected 1 or more", size);
-  if (cluster.nnodes > 1) return load_cluster(path, first, size, cluster);
-  if (size == 1) return load_model_on(path, first);
-  const LoadedCheckpoint dec = load_checkpoint(path);
+  if (cluster.nnodes > 1) return load_cluster(path, first, size, cluster, quantization);
+  if (size == 1) return load_model_on(path, first, quantization);
+  const LoadedCheckpoint dec = load_checkpoint(path, quantization);
   const std::vector<Device> devices = local_devices(first, size);
   std::vector<std::unique_ptr<Communicator>> comms =
       first.is_cpu() ? make_local_communicators(size) : make_nccl_communicators(devices);

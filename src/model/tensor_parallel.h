@@ -113,7 +113,8 @@ struct ClusterSpec {
 // from `first` (NCCL, bootstrapped by node 0's unique id; on the CPU one rank
 // per node, joined over TCP). Node 0 gets the model; every other node serves
 // node 0's calls and returns nullptr once node 0 is done.
+// quantization: see LoadOptions (every rank quantizes the same host weights).
 std::unique_ptr<Model> load_model_parallel(const std::string& path, Device first, int size,
-                                           const ClusterSpec& cluster = {});
+                                           const ClusterSpec& cluster = {}, const std::string& quantization = "");
 
 }  // namespace kite

@@ -250,3 +250,49 @@ TEST(Quantize, GlobMatching) {
 
 }  // namespace
 }  // namespace kite
+
+namespace kite {
+namespace {
+
+// --quantization at load gives exactly the weights (and so the logits) that
+// `kite quantize --method` gives in memory for the same name, and refuses a
+// checkpoint that is already quantized or a name it does not know.
+TEST(QuantizeAtLoad, MatchesTheQuantizePipelineExactly) {
+  for (const auto& [name, method] : std::vector<std::pair<std::string, QuantMethod>>{{"int8", QuantMethod::Int8},
+                                                                                     {"int4", QuantMethod::Int4},
+                                                                                     {"nf4", QuantMethod::Nf4},
+                                                                                     {"fp8", QuantMethod::Fp8}}) {
+    QuantizeOptions o = options(method);
+    o.nf4_double_quant = false;
+    Quantized piped = quantize(o);
+    LoadOptions lo;
+    lo.quantization = name;
+    auto at_load = load_model(kModel, lo);
+    EXPECT_EQ(at_load->weight_bytes(), piped.model->weight_bytes()) << name;
+    EXPECT_EQ(logits(*at_load), logits(*piped.model)) << name;
+  }
+  LoadOptions bad;
+  bad.quantization = "int3";
+  try {
+    load_model(kModel, bad);
+    ADD_FAILURE() << "int3 must be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.source(), "--quantization");
+  }
+  // An already quantized checkpoint: refused, naming a linear.
+  TempDir dir("kite_at_load_twice");
+  const QuantizeOptions o8 = options(QuantMethod::Int8);
+  Quantized q = quantize(o8);
+  save_quantized_checkpoint(dynamic_cast<DecoderModel&>(*q.model), kModel, dir.path.string(), o8, q.report);
+  LoadOptions again;
+  again.quantization = "int4";
+  try {
+    load_model(dir.path.string(), again);
+    ADD_FAILURE() << "quantizing a quantized checkpoint must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already quantized"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kite

@@ -138,7 +138,7 @@ TEST(Cli, BadInputIsOneLineAndExitTwo) {
         std::string("ppl --model ") + kModel + " --text /nonexistent.txt",
         std::string("generate --model ") + kModel + " --prompt hi --top-p 0",
         std::string("generate --model ") + kModel + "/tokenizer.json --prompt hi", std::string("generate"),
-        std::string("bogus-command")}) {
+        std::string("generate --model ") + kModel + " --prompt hi --quantization int3", std::string("bogus-command")}) {
     Result r = run(args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.err;
     EXPECT_FALSE(r.err.empty()) << args;

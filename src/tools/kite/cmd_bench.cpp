@@ -71,6 +71,7 @@ Run add_bench(CLI::App& app) {
     double kv_cache_gib = 0;
     bool json = false;
     bool enforce_eager = false;
+    std::string quantization;
   };
   auto a = std::make_shared<Args>();
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
@@ -79,6 +80,7 @@ Run add_bench(CLI::App& app) {
   c->add_option("--model,-m", a->model, "Model directory or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
   add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
+  add_quantization_option(*c, a->quantization);
   c->add_option("--batch,-b", a->batch, "Sequences run together")->capture_default_str();
   c->add_option("--prompt-len,-p", a->prompt_len, "Prompt tokens")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--gen-len,-n", a->gen_len, "Generated tokens")->capture_default_str()->check(CLI::PositiveNumber);
@@ -97,7 +99,7 @@ Run add_bench(CLI::App& app) {
       return rc == -1 ? throughput() : rc;
     }
     if (a->batch < 1) fail("--batch", "batch", "{} is invalid; expected at least 1", a->batch);
-    auto model = load_model_for(a->model, a->device, a->tensor_parallel_size, a->cluster);
+    auto model = load_model_for(a->model, a->device, a->tensor_parallel_size, a->cluster, a->quantization);
     if (!model) return 0;  // another node of a multi-node job: it served node 0
     const ModelConfig& cfg = model->config();
     const Device dev = model->device();

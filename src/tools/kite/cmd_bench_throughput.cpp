@@ -20,6 +20,7 @@ struct ThroughputArgs {
   std::string device = "auto";
   int tensor_parallel_size = 1;
   ClusterSpec cluster;
+  std::string quantization;  // --quantization: fp8, int8, int4, nf4 at load
   std::string dataset;
   int64_t num_prompts = 32, input_len = 128, output_len = 128;
   int64_t max_num_seqs = 256, max_num_batched_tokens = 2048, max_model_len = 0;
@@ -48,7 +49,7 @@ std::vector<std::vector<int32_t>> load_dataset(const ThroughputArgs& a, const To
 }
 
 int run_throughput(const ThroughputArgs& a) {
-  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster);
+  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster, a.quantization);
   if (!model) return 0;  // another node of a multi-node job: it served node 0
   const ModelConfig& cfg = model->config();
   std::unique_ptr<Tokenizer> tok;
@@ -133,6 +134,7 @@ Run add_bench_throughput(CLI::App& bench) {
   c->add_option("--model,-m", a->model, "Model directory or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
   add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
+  add_quantization_option(*c, a->quantization);
   c->add_option("--num-prompts,-n", a->num_prompts, "Requests (all submitted at once)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -16,6 +16,7 @@ struct GenerateArgs {
   std::string device = "auto";
   int tensor_parallel_size = 1;
   ClusterSpec cluster;
+  std::string quantization;  // --quantization: fp8, int8, int4, nf4 at load
   std::string prompt;
   bool chat = false;
   std::string system;
@@ -29,7 +30,7 @@ struct GenerateArgs {
 
 int run_generate(const GenerateArgs& a) {
   auto t0 = std::chrono::steady_clock::now();
-  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster);
+  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster, a.quantization);
   if (!model) return 0;  // another node of a multi-node job: it served node 0
   auto tok = load_tokenizer_for(a.model);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -99,6 +100,7 @@ Run add_generate(CLI::App& app) {
   c->add_option("--model,-m", a->model, "Model directory (config.json + safetensors) or .gguf file")->required();
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
   add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
+  add_quantization_option(*c, a->quantization);
   c->add_option("--prompt,-p", a->prompt, "Prompt text")->required();
   c->add_flag("--chat", a->chat, "Wrap the prompt as a user message with the model's chat template");
   c->add_option("--system", a->system, "System message (with --chat)");

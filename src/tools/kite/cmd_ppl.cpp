@@ -10,7 +10,7 @@ namespace kite::cli {
 
 Run add_ppl(CLI::App& app) {
   struct Args {
-    std::string model, text, kl_base, device = "auto";
+    std::string model, text, kl_base, device = "auto", quantization;
     int64_t ctx = 512, stride = 0;
     bool second_half = false, quiet = false;
   };
@@ -31,9 +31,10 @@ Run add_ppl(CLI::App& app) {
                 "Base model (e.g. the unquantized checkpoint): also report KL divergence of the token "
                 "distributions against it and how often the top token agrees");
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
+  add_quantization_option(*c, a->quantization);
   c->add_flag("--quiet,-q", a->quiet, "No progress on stderr");
   return [a] {
-    auto model = load_model_for(a->model, a->device);
+    auto model = load_model_for(a->model, a->device, 1, {}, a->quantization);
     auto tok = load_tokenizer_for(a->model);
     std::unique_ptr<Model> base;
     if (!a->kl_base.empty()) base = load_model_for(a->kl_base, a->device);

@@ -21,6 +21,7 @@ struct ServeArgs {
   std::string device = "auto";
   int tensor_parallel_size = 1;
   ClusterSpec cluster;
+  std::string quantization;  // --quantization: fp8, int8, int4, nf4 at load
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string served_model_name;
@@ -82,7 +83,7 @@ int run_serve(const ServeArgs& a) {
     fail("--max-seqs-per-request", "max_seqs_per_request", "{} is invalid; expected 0 (unlimited) or more",
          a.max_seqs_per_request);
 
-  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster);
+  auto model = load_model_for(a.model, a.device, a.tensor_parallel_size, a.cluster, a.quantization);
   if (!model) return 0;  // another node of a multi-node job: it served node 0
   auto tok = load_tokenizer_for(a.model);
   const std::string dir = model_dir(a.model);
@@ -195,6 +196,7 @@ Run add_serve(CLI::App& app) {
                 "Hugging Face model directory, quantized checkpoint (kite quantize) or .gguf file");
   c->add_option("--device", a->device, "cpu, cuda, cuda:N or auto (CUDA when present)")->capture_default_str();
   add_tensor_parallel_option(*c, a->tensor_parallel_size, a->cluster);
+  add_quantization_option(*c, a->quantization);
   c->add_option("--host", a->host, "Address to listen on")->capture_default_str();
   c->add_option("--port", a->port, "TCP port (0 = any free port)")->capture_default_str();
   c->add_option("--served-model-name", a->served_model_name, "The model name clients send; default: the --model path");

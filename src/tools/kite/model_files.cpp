@@ -55,11 +55,11 @@ Device parse_device(const std::string& spec) {
 }
 
 std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size,
-                                      const ClusterSpec& cluster) {
+                                      const ClusterSpec& cluster, const std::string& quantization) {
   if (tensor_parallel_size < 1)
     fail("--tensor-parallel-size", "tensor-parallel-size", "{} is invalid; expected 1 or more", tensor_parallel_size);
   const Device dev = parse_device(device);
-  auto model = load_model_parallel(path, dev, tensor_parallel_size, cluster);
+  auto model = load_model_parallel(path, dev, tensor_parallel_size, cluster, quantization);
   if (model)
     std::fprintf(stderr, "kite: %s on %s%s (--device %s)\n", path.c_str(), dev.str().c_str(),
                  tensor_parallel_size > 1 ? fmt::format(" and {} more devices", tensor_parallel_size - 1).c_str() : "",
@@ -67,6 +67,11 @@ std::unique_ptr<Model> load_model_for(const std::string& path, const std::string
   if (!model)
     std::fprintf(stderr, "kite: node %d of %d served node 0 until it finished\n", cluster.node_rank, cluster.nnodes);
   return model;
+}
+
+void add_quantization_option(CLI::App& c, std::string& quantization) {
+  c.add_option("--quantization", quantization,
+               "Quantize an unquantized checkpoint's linears at load: fp8, int8, int4 or nf4 (lm_head kept)");
 }
 
 void add_tensor_parallel_option(CLI::App& c, int& size, ClusterSpec& cluster) {

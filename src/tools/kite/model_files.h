@@ -1,6 +1,7 @@
 #pragma once
 // Resolving the files that go with a --model path (tokenizer, generation
 // defaults, chat template) for the CLI commands.
+#include <CLI/CLI.hpp>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -30,8 +31,12 @@ Device parse_device(const std::string& spec);
 // CPU ranks are threads).
 // With several nodes (cluster.nnodes > 1) only node 0 gets a model: the
 // others serve node 0's steps and then get nullptr (the command exits 0).
+// quantization: fp8, int8, int4 or nf4 quantizes an unquantized
+// checkpoint's linears at load (--quantization); empty: as stored.
 std::unique_ptr<Model> load_model_for(const std::string& path, const std::string& device, int tensor_parallel_size = 1,
-                                      const ClusterSpec& cluster = {});
+                                      const ClusterSpec& cluster = {}, const std::string& quantization = "");
+// Registers --quantization on a command.
+void add_quantization_option(CLI::App& c, std::string& quantization);
 // Reads a whole text file (kite::Error naming it when missing).
 std::string read_text(const std::string& path);
 
