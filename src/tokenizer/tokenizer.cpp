@@ -39,7 +39,7 @@ bool is_space_byte(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '
 
 }  // namespace
 
-void Vocab::finish(bool byte_by_name) {
+bool Vocab::finish(bool byte_by_name) {
   const size_t n = pieces.size();
   attrs.resize(n, TokenAttr::Normal);
   special.resize(n, 0);
@@ -48,6 +48,7 @@ void Vocab::finish(bool byte_by_name) {
   index.assign(cap, 0);
   const uint64_t mask = cap - 1;
   byte_ids.fill(-1);
+  bool duplicate = false;
   for (size_t i = 0; i < n; ++i) {
     if (attrs[i] == TokenAttr::Absent) continue;
     const uint64_t h = std::hash<std::string_view>{}(pieces[i]);
@@ -57,12 +58,16 @@ void Vocab::finish(bool byte_by_name) {
         slot = ((h >> 32) << 32) | uint64_t(i + 1);
         break;
       }
-      if ((slot >> 32) == (h >> 32) && pieces[uint32_t(slot) - 1] == pieces[i]) break;  // keeps the first id
+      if ((slot >> 32) == (h >> 32) && pieces[uint32_t(slot) - 1] == pieces[i]) {
+        duplicate = true;
+        break;  // keeps the first id
+      }
     }
     if (attrs[i] == TokenAttr::Byte || byte_by_name) {
       if (auto b = parse_byte_piece(pieces[i]); b && byte_ids[*b] < 0) byte_ids[*b] = static_cast<int32_t>(i);
     }
   }
+  return duplicate;
 }
 
 void DecodeRules::prepare(const Vocab& vocab) {

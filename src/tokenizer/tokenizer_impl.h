@@ -90,8 +90,9 @@ struct Vocab {
   std::array<int32_t, 256> byte_ids;  // <0xXX> pieces, -1 when absent
 
   // Builds `index` and `byte_ids` (byte pieces: attr Byte, or any "<0xXX>"
-  // when `byte_by_name`). Earlier ids win for duplicate pieces.
-  void finish(bool byte_by_name);
+  // when `byte_by_name`). Earlier ids win for duplicate pieces; returns
+  // whether any piece stands at two ids.
+  bool finish(bool byte_by_name);
   std::optional<int32_t> find(std::string_view piece) const {
     if (index.empty()) return std::nullopt;
     const uint64_t h = std::hash<std::string_view>{}(piece), mask = index.size() - 1;

@@ -92,6 +92,8 @@ struct Shared {
   size_t done = 0;
   const RunOptions& run;
   double last_end = 0;
+  net::ip::tcp::resolver::results_type hosts;  // resolved once for the run
+  std::string resolve_error;                   // set when resolving failed: every request fails with it
 };
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -158,18 +160,16 @@ net::awaitable<void> one_request(Shared& sh, size_t i) {
   r.prompt_len = sh.prompts[i].prompt_len;
   const std::string body = request_body(c, sh.prompts[i]).dump(-1, ' ', false, Json::error_handler_t::replace);
   auto ex = co_await net::this_coro::executor;
-  net::ip::tcp::resolver resolver(ex);
   beast::tcp_stream stream(ex);
   stream.expires_after(
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(c.timeout_s)));
   const double start = since(sh.t0);
   r.start = start;
-  auto [rec, hosts] = co_await resolver.async_resolve(c.endpoint.host, c.endpoint.port, kTuple);
-  if (rec) {
-    r.error = "resolve " + c.endpoint.host + ": " + rec.message();
+  if (!sh.resolve_error.empty()) {
+    r.error = sh.resolve_error;
     co_return;
   }
-  auto [cec, ep] = co_await stream.async_connect(hosts, kTuple);
+  auto [cec, ep] = co_await stream.async_connect(sh.hosts, kTuple);
   if (cec) {
     r.error = fmt::format("connect {}:{}: {}", c.endpoint.host, c.endpoint.port, cec.message());
     co_return;
@@ -269,8 +269,16 @@ std::vector<RequestResult> run_requests(const ClientOptions& client, const RunOp
             0,
             0,
             run,
-            0};
+            0,
+            {},
+            {}};
   net::io_context io(1);
+  {
+    boost::system::error_code ec;
+    net::ip::tcp::resolver resolver(io);
+    sh.hosts = resolver.resolve(client.endpoint.host, client.endpoint.port, ec);
+    if (ec) sh.resolve_error = "resolve " + client.endpoint.host + ": " + ec.message();
+  }
   const size_t workers =
       run.max_concurrency > 0 ? std::min(prompts.size(), size_t(run.max_concurrency)) : prompts.size();
   sh.t0 = Clock::now();
